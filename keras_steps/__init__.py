@@ -1,0 +1,65 @@
+"""keras-steps: Keras 3 training steps (PyTorch backend) as named, validated plugins.
+
+Pick a training algorithm by name instead of overriding ``train_step``::
+
+    import keras_steps
+    model = keras_steps.StepModel(inputs, outputs, step="supervised")
+
+Steps are pluggy plugins: see :mod:`keras_steps.hookspecs` for the hooks and
+the ``keras_steps`` entry-point group for publishing one.
+"""
+
+from keras_steps._backend import require_torch_backend
+
+require_torch_backend()
+
+from keras_steps._backprop import backprop  # noqa: E402
+from keras_steps._errors import (  # noqa: E402
+    BackendError,
+    OptionsError,
+    PluginError,
+    RoleError,
+    StepConflictError,
+    StepError,
+    UnknownStepError,
+)
+from keras_steps._model import StepModel  # noqa: E402
+from keras_steps._options import StepOptions  # noqa: E402
+from keras_steps._registry import (  # noqa: E402
+    ENTRY_POINT_GROUP,
+    PluginLoadWarning,
+    get_step,
+    list_problems,
+    list_steps,
+    register_step,
+    unregister_step,
+)
+from keras_steps._step import Step, StepSource  # noqa: E402
+from keras_steps.hookspecs import hookimpl, hookspec  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "BackendError",
+    "OptionsError",
+    "PluginError",
+    "PluginLoadWarning",
+    "RoleError",
+    "Step",
+    "StepConflictError",
+    "StepError",
+    "StepModel",
+    "StepOptions",
+    "StepSource",
+    "UnknownStepError",
+    "__version__",
+    "backprop",
+    "get_step",
+    "hookimpl",
+    "hookspec",
+    "list_problems",
+    "list_steps",
+    "register_step",
+    "unregister_step",
+]

@@ -1,0 +1,45 @@
+"""The exceptions keras_steps raises.
+
+Every error is a :class:`StepError`, itself a ``ValueError``, so code that
+already catches Keras's ``ValueError`` for bad arguments keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "OptionsError",
+    "PluginError",
+    "RoleError",
+    "StepConflictError",
+    "StepError",
+    "UnknownStepError",
+]
+
+
+class StepError(ValueError):
+    """Base class of every error raised by keras_steps."""
+
+
+class BackendError(StepError):
+    """Keras runs on a backend other than PyTorch."""
+
+
+class UnknownStepError(StepError, LookupError):
+    """No installed or registered step has the requested name."""
+
+
+class StepConflictError(StepError):
+    """Two sources provide the same step name, or a name is taken."""
+
+
+class OptionsError(StepError):
+    """A step's options failed validation."""
+
+
+class RoleError(StepError):
+    """A model or optimizer role is missing, unknown, or given twice."""
+
+
+class PluginError(StepError):
+    """A plugin does not implement the step hooks correctly."""

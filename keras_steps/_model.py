@@ -1,0 +1,293 @@
+"""``StepModel``: a ``keras.Model`` whose training step is picked by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras.src.models.functional import Functional
+from keras.src.models.model import Trainer as _BackendTrainer
+from keras.src.models.model import functional_init_arguments
+
+from keras_steps._errors import RoleError, StepError
+from keras_steps._options import StepOptions
+from keras_steps._registry import get_step
+from keras_steps._step import Step
+
+__all__ = ["StepModel"]
+
+
+class StepModel(keras.Model):
+    """A ``keras.Model`` that trains with a step chosen by name.
+
+    Three forms, as with ``keras.Model``::
+
+        # functional
+        model = StepModel(inputs, outputs, step="sam", step_options={"rho": 0.1})
+        # wrapping existing networks, one per role of the step
+        gan = StepModel(models={"generator": g, "discriminator": d}, step="gan")
+        # subclassed
+        class MyModel(StepModel):
+            def __init__(self):
+                super().__init__(step="mixup")
+                self.dense = keras.layers.Dense(10)
+            def call(self, x):
+                return self.dense(x)
+
+    ``compile``, ``fit``, ``evaluate``, ``predict`` and callbacks work as in
+    Keras. A subclass that overrides ``train_step`` itself bypasses the step.
+
+    Args:
+        step: name of a registered step (see ``keras-steps list``).
+            Defaults to ``"supervised"``, Keras's own training step.
+        step_options: the step's options, as a dict or an instance of its
+            options class (see ``keras-steps show STEP``).
+        models: dict mapping each of the step's model roles to a Keras model
+            or layer; leave it out for the functional and subclassed forms.
+        **kwargs: passed to ``keras.Model`` (``name``, ``trainable``, ...).
+
+    Attributes:
+        step: the step name.
+        step_options: the validated options (a pydantic model).
+        step_state: what the step's ``step_build`` hook created (metric
+            trackers, seed generators), or an empty dict.
+        models: dict from model role to network (``self`` for the functional
+            and subclassed forms).
+        optimizers: dict from optimizer role to optimizer, after ``compile``.
+
+    Raises:
+        UnknownStepError, OptionsError, RoleError: bad ``step``,
+            ``step_options`` or ``models``.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        # keras.Model would rewrite the *class* hierarchy of a subclass built
+        # functionally (inject_functional_model_class), which breaks every later
+        # subclassed use of it. A cached mixed-in variant keeps classes intact.
+        if functional_init_arguments(args, kwargs):
+            cls = _variant(cls, Functional)
+        elif kwargs.get("models") is not None:
+            cls = _variant(cls, _CallsRoleModels)
+        return keras.Model.__new__(cls)
+
+    def __init__(
+        self,
+        *args: Any,
+        step: str = "supervised",
+        step_options: dict[str, Any] | StepOptions | None = None,
+        models: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        resolved = get_step(step)
+        options = resolved.validate_options(step_options)
+        functional = functional_init_arguments(args, kwargs)
+        if functional and models is not None:
+            raise RoleError(
+                f"StepModel(step={step!r}) got both inputs/outputs and models=; "
+                "use one form: StepModel(inputs, outputs, ...) or StepModel(models={...})."
+            )
+        if functional:
+            _BackendTrainer.__init__(self)
+            Functional.__init__(self, *args, **kwargs)
+        else:
+            keras.Model.__init__(self, *args, **kwargs)
+        self._attach(resolved, options, models)
+
+    def _attach(self, step: Step, options: StepOptions, models: dict | None) -> None:
+        self._step = step
+        self._step_options = options
+        self._train_hook = step.hooks["train_step"]
+        self._test_hook = step.hooks["test_step"]
+        self._predict_hook = step.hooks.get("predict_step")
+        self._call_hook = step.hooks.get("step_call")
+        self._step_optimizers: dict[str, Any] = {}
+        if models is None:
+            if len(step.model_roles) != 1:
+                raise RoleError(
+                    f"Step {step.name!r} ({step.source}) works on several networks "
+                    f"{step.model_roles}; pass them as StepModel(models={{"
+                    + ", ".join(f"{r!r}: ..." for r in step.model_roles)
+                    + f"}}, step={step.name!r})."
+                )
+            self._role_models = None
+        else:
+            self._role_models = _check_models(step, models)
+            if all(getattr(m, "built", False) for m in models.values()):
+                self.built = True
+        build = step.hooks.get("step_build")
+        state = build(self, options) if build is not None else None
+        if state is not None and not isinstance(state, dict):
+            raise StepError(
+                f"Step {step.name!r} ({step.source}): hook step_build returned "
+                f"{type(state).__name__}; expected a dict or None."
+            )
+        self.step_state = state or {}
+
+    # -- what the step is -------------------------------------------------------
+    @property
+    def step(self) -> str:
+        return self._step.name
+
+    @property
+    def step_options(self) -> StepOptions:
+        return self._step_options
+
+    @property
+    def models(self) -> dict[str, Any]:
+        if self._role_models is None:
+            return {self._step.model_roles[0]: self}
+        return dict(self._role_models)
+
+    @property
+    def optimizers(self) -> dict[str, Any]:
+        if self._step_optimizers:
+            return dict(self._step_optimizers)
+        if getattr(self, "optimizer", None) is None:
+            return {}
+        return {self._step.optimizer_roles[0]: self.optimizer}
+
+    # -- Keras entry points ----------------------------------------------------
+    def compile(
+        self,
+        optimizer="rmsprop",
+        loss=None,
+        loss_weights=None,
+        metrics=None,
+        weighted_metrics=None,
+        run_eagerly=False,
+        steps_per_execution=1,
+        jit_compile="auto",
+        auto_scale_loss=True,
+    ):
+        """Configure the model for training, as ``keras.Model.compile``.
+
+        For a step with several optimizer roles, ``optimizer`` is a dict keyed
+        by those roles; each optimizer updates the model of the same role, and
+        under the ``mixed_float16`` policy each is wrapped in a
+        ``LossScaleOptimizer`` (Keras wraps only a single optimizer).
+
+        Raises:
+            RoleError: an optimizer role is missing or unknown.
+        """
+        roles = self._step.optimizer_roles
+        optimizer, role_optimizers = self._split_optimizers(optimizer, roles)
+        super().compile(
+            optimizer=optimizer,
+            loss=loss,
+            loss_weights=loss_weights,
+            metrics=metrics,
+            weighted_metrics=weighted_metrics,
+            run_eagerly=run_eagerly,
+            steps_per_execution=steps_per_execution,
+            jit_compile=jit_compile,
+            auto_scale_loss=auto_scale_loss,
+        )
+        if role_optimizers:
+            if auto_scale_loss and self.dtype_policy.name == "mixed_float16":
+                role_optimizers = {
+                    r: o
+                    if isinstance(o, keras.optimizers.LossScaleOptimizer)
+                    else keras.optimizers.LossScaleOptimizer(o, name=f"{r}_loss_scale_optimizer")
+                    for r, o in role_optimizers.items()
+                }
+            self._step_optimizers = role_optimizers
+            self._compile_config.config["optimizer"] = dict(role_optimizers)
+            self._build_role_optimizers()
+        else:
+            self._step_optimizers = {}
+
+    def _split_optimizers(self, optimizer, roles):
+        """Return (optimizer for keras.Model.compile, per-role dict or None)."""
+        step = self._step
+        if isinstance(optimizer, dict):
+            missing = [r for r in roles if r not in optimizer]
+            unknown = [k for k in optimizer if k not in roles]
+            if missing or unknown:
+                raise RoleError(
+                    f"Step {step.name!r} ({step.source}) takes optimizers for roles "
+                    f"{list(roles)}; got {sorted(optimizer, key=str)}."
+                    + (f" Missing: {missing}." if missing else "")
+                    + (f" Unknown: {unknown}." if unknown else "")
+                )
+            if len(roles) == 1:
+                return optimizer[roles[0]], None
+            return None, {r: keras.optimizers.get(optimizer[r]) for r in roles}
+        if len(roles) > 1:
+            raise RoleError(
+                f"Step {step.name!r} ({step.source}) trains several networks and needs "
+                f"one optimizer per role: compile(optimizer={{"
+                + ", ".join(f"{r!r}: ..." for r in roles)
+                + f"}}). Got {optimizer!r}."
+            )
+        return optimizer, None
+
+    def _build_role_optimizers(self) -> None:
+        for role, opt in self._step_optimizers.items():
+            model = self.models[role]
+            if not opt.built and getattr(model, "built", False):
+                opt.build(model.trainable_variables)
+
+    def make_train_function(self, force=False):
+        self._build_role_optimizers()
+        return super().make_train_function(force=force)
+
+    def train_step(self, data):
+        return self._train_hook(self, data, self._step_options)
+
+    def test_step(self, data):
+        return self._test_hook(self, data, self._step_options)
+
+    def predict_step(self, data):
+        if self._predict_hook is None:
+            return keras.Model.predict_step(self, data)
+        return self._predict_hook(self, data, self._step_options)
+
+
+class _CallsRoleModels(keras.Model):
+    """Mixed into StepModel(models=...): ``call`` runs the step's networks."""
+
+    def call(self, inputs, training=None):
+        if self._call_hook is not None:
+            return self._call_hook(self, inputs, training, self._step_options)
+        (network,) = self._role_models.values()
+        return network(inputs, training=training)
+
+
+_VARIANTS: dict[tuple[type, type], type] = {}
+
+
+def _variant(cls: type, base: type) -> type:
+    if issubclass(cls, base):
+        return cls
+    key = (cls, base)
+    if key not in _VARIANTS:
+        _VARIANTS[key] = type(
+            cls.__name__,
+            (cls, base),
+            {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "_step_base": cls},
+        )
+    return _VARIANTS[key]
+
+
+def _check_models(step: Step, models: Any) -> dict[str, Any]:
+    if not isinstance(models, dict):
+        raise RoleError(
+            f"Step {step.name!r} ({step.source}): models must be a dict from role to "
+            f"network with keys {list(step.model_roles)}, got {type(models).__name__}."
+        )
+    missing = [r for r in step.model_roles if r not in models]
+    unknown = [k for k in models if k not in step.model_roles]
+    if missing or unknown:
+        raise RoleError(
+            f"Step {step.name!r} ({step.source}) works on model roles "
+            f"{list(step.model_roles)}; got {sorted(models, key=str)}."
+            + (f" Missing: {missing}." if missing else "")
+            + (f" Unknown: {unknown}." if unknown else "")
+        )
+    for role, network in models.items():
+        if not isinstance(network, keras.layers.Layer):
+            raise RoleError(
+                f"Step {step.name!r} ({step.source}): model role {role!r} must be a "
+                f"keras.Model or keras.layers.Layer, got {type(network).__name__}."
+            )
+    return {r: models[r] for r in step.model_roles}

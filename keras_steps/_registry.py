@@ -1,0 +1,315 @@
+"""The registry of named steps: the core step, entry points, local steps.
+
+One pluggy ``PluginManager`` holds every step plugin under its step name.
+pluggy validates hook signatures when a plugin is registered; this module adds
+what pluggy leaves to its users: per-plugin import isolation, name conflicts
+that are reported instead of resolved silently, and the environment variables.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import os
+import re
+import threading
+import warnings
+from typing import Any
+
+import pluggy
+
+from keras_steps import hookspecs
+from keras_steps._errors import (
+    PluginError,
+    StepConflictError,
+    StepError,
+    UnknownStepError,
+)
+from keras_steps._step import Step, StepSource, resolve_step
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PluginLoadWarning",
+    "get_step",
+    "list_problems",
+    "list_steps",
+    "register_step",
+    "unregister_step",
+]
+
+#: The entry-point group third-party packages declare their steps in.
+ENTRY_POINT_GROUP = "keras_steps"
+DISABLE_ENV = "KERAS_STEPS_DISABLE_PLUGIN_AUTOLOAD"
+ONLY_ENV = "KERAS_STEPS_LOAD_PLUGINS"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class PluginLoadWarning(UserWarning):
+    """An installed plugin could not be loaded; every other plugin still is."""
+
+
+class _Registry:
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.steps: dict[str, Step] = {}
+        self.conflicts: dict[str, list[StepSource]] = {}
+        self.problems: dict[str, StepError] = {}
+
+    # -- adding ---------------------------------------------------------------
+    def add(self, name: str, plugin: Any, source: StepSource) -> Step | None:
+        """Register ``plugin`` as step ``name``; None when the name is contested."""
+        if name in self.conflicts:
+            self.conflicts[name].append(source)
+            return None
+        existing = self.steps.get(name)
+        if existing is not None:
+            if existing.source.kind == source.kind == "local":
+                # Re-running a notebook cell re-registers its own step.
+                self.remove(name)
+            elif source.kind == "local":
+                raise StepConflictError(
+                    f"Step name {name!r} is already provided by {existing.source}. "
+                    f"Pick another name, or call keras_steps.unregister_step({name!r}) "
+                    "first to replace it on purpose."
+                )
+            else:
+                self.remove(name)
+                self.conflicts[name] = [existing.source, source]
+                return None
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(
+                f"Plugin for step {name!r} ({source}) has an invalid hook "
+                f"implementation: {exc}"
+            ) from None
+        except ValueError as exc:
+            raise StepConflictError(
+                f"Cannot register step {name!r} ({source}): the same plugin object "
+                f"is already registered as step "
+                f"{self.pm.get_name(plugin)!r}. Each step needs its own plugin "
+                "object (a module, class or instance)."
+            ) from exc
+        try:
+            self._check_unknown_hooks(name, plugin, source)
+            step = resolve_step(self.pm, name, plugin, source)
+        except StepError:
+            self.pm.unregister(name=name)
+            raise
+        self.steps[name] = step
+        return step
+
+    def _check_unknown_hooks(self, name: str, plugin: Any, source: StepSource):
+        # pluggy.check_pending does this for the whole manager; doing it per
+        # plugin lets one misspelled hook fail only its own plugin.
+        known = [n for n in dir(hookspecs) if getattr(getattr(hookspecs, n), "keras_steps_spec", None)]
+        for caller in self.pm.get_hookcallers(plugin) or []:
+            if caller.has_spec():
+                continue
+            impls = [i for i in caller.get_hookimpls() if i.plugin is plugin]
+            if all(i.optionalhook for i in impls):
+                continue
+            close = difflib.get_close_matches(caller.name, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise PluginError(
+                f"Plugin for step {name!r} ({source}) implements unknown hook "
+                f"{caller.name!r}.{hint} Known hooks: {', '.join(sorted(known))}."
+            )
+
+    def remove(self, name: str) -> None:
+        self.steps.pop(name, None)
+        self.conflicts.pop(name, None)
+        self.problems.pop(name, None)
+        if self.pm.has_plugin(name):
+            self.pm.unregister(name=name)
+
+    # -- entry points ---------------------------------------------------------
+    def load_entry_points(self) -> None:
+        if os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no"):
+            return
+        only = _parse_only(os.environ.get(ONLY_ENV))
+        wanted_seen: set[str] = set()
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist is not None else None
+            if only is not None:
+                selector = next((s for s in (ep.name, f"{dist}:{ep.name}") if s in only), None)
+                if selector is None:
+                    continue
+                wanted_seen.add(selector)
+            source = StepSource(
+                "plugin",
+                distribution=dist or "unknown distribution",
+                version=ep.dist.version if ep.dist is not None else "?",
+                entry_point=ep.value,
+            )
+            self._load_one(ep, source)
+        if only is not None:
+            for name in sorted(only - wanted_seen - {"supervised"}):
+                warnings.warn(
+                    f"{ONLY_ENV} names {name!r}, but no installed distribution has "
+                    f"a {ENTRY_POINT_GROUP!r} entry point of that name. Installed: "
+                    f"{', '.join(_installed_names()) or 'none'}.",
+                    PluginLoadWarning,
+                    stacklevel=4,
+                )
+
+    def _load_one(self, ep: importlib.metadata.EntryPoint, source: StepSource) -> None:
+        if not _NAME.match(ep.name):
+            self._record(ep.name, PluginError(f"Entry point {ep.name!r} ({source}) is not a valid step name."))
+            return
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            self._record(
+                ep.name,
+                PluginError(
+                    f"Plugin entry point {ep.name!r} = {ep.value!r} from distribution "
+                    f"{source} failed to import: {type(exc).__name__}: {exc}"
+                ),
+            )
+            return
+        try:
+            self.add(ep.name, plugin, source)
+        except StepError as exc:
+            self._record(ep.name, exc)
+
+    def _record(self, name: str, error: StepError) -> None:
+        self.problems[name] = error
+        warnings.warn(f"{error} Other plugins are unaffected.", PluginLoadWarning, stacklevel=5)
+
+    # -- lookup ---------------------------------------------------------------
+    def get(self, name: str) -> Step:
+        step = self.steps.get(name)
+        if step is not None:
+            return step
+        if name in self.conflicts:
+            sources = self.conflicts[name]
+            listed = "; ".join(f"{s} ({s.entry_point or s.kind})" for s in sources)
+            qualified = ",".join(
+                f"{s.distribution}:{name}" for s in sources if s.kind == "plugin"
+            )
+            raise StepConflictError(
+                f"Step name {name!r} is provided by {len(sources)} sources: {listed}. "
+                "keras_steps does not pick one silently. Choose one by loading only it, "
+                f"for example KERAS_STEPS_LOAD_PLUGINS={qualified.split(',')[-1]} "
+                f"(entries are NAME or DISTRIBUTION:NAME), or uninstall the other."
+            )
+        if name in self.problems:
+            raise self.problems[name]
+        known = sorted(self.steps)
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UnknownStepError(
+            f"No step named {name!r}.{hint} Available steps: {', '.join(known)}. "
+            "Install a plugin that provides it, or register one with "
+            "keras_steps.register_step(plugin, name=...)."
+        )
+
+
+def _parse_only(value: str | None) -> set[str] | None:
+    if value is None:
+        return None
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+def _installed_names() -> list[str]:
+    return sorted({ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)})
+
+
+_lock = threading.Lock()
+_registry: _Registry | None = None
+
+
+def _get_registry() -> _Registry:
+    global _registry
+    with _lock:
+        if _registry is None:
+            from keras_steps import supervised
+
+            registry = _Registry()
+            registry.add("supervised", supervised, StepSource("core"))
+            registry.load_entry_points()
+            _registry = registry
+        return _registry
+
+
+def reset() -> None:
+    """Forget every step; the next lookup loads the core and entry points again.
+
+    Useful in tests and after changing the environment variables.
+    """
+    global _registry
+    with _lock:
+        _registry = None
+
+
+def list_steps() -> list[Step]:
+    """Return every usable step, sorted by name.
+
+    Names provided by two sources, and plugins that failed to load, are left
+    out; :func:`list_problems` reports them.
+    """
+    return [s for _, s in sorted(_get_registry().steps.items())]
+
+
+def list_problems() -> dict[str, StepError]:
+    """Return the step names that cannot be used, each with the error it raises."""
+    registry = _get_registry()
+    problems = dict(registry.problems)
+    for name in registry.conflicts:
+        try:
+            registry.get(name)
+        except StepError as exc:
+            problems[name] = exc
+    return dict(sorted(problems.items()))
+
+
+def get_step(name: str) -> Step:
+    """Return the step registered as ``name``.
+
+    Raises:
+        UnknownStepError: no such step; the message lists the available steps
+            and suggests the closest name.
+        StepConflictError: two sources provide ``name``.
+        PluginError: the plugin providing ``name`` failed to load or validate.
+    """
+    if not isinstance(name, str):
+        raise UnknownStepError(f"A step name must be a str, got {type(name).__name__}: {name!r}.")
+    return _get_registry().get(name)
+
+
+def register_step(plugin: Any, name: str) -> Step:
+    """Register ``plugin`` (a module, class or instance) as step ``name``.
+
+    For steps defined in a script or notebook; their source is ``"local"``.
+    Registering the same name again from local code replaces the step.
+
+    Returns:
+        The resolved :class:`Step`.
+
+    Raises:
+        StepConflictError: ``name`` belongs to the core or an installed plugin.
+        PluginError: a hook is misspelled, has a wrong signature, or a
+            required hook is missing.
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise StepError(
+            f"Step name {name!r} is not valid: use letters, digits, '_', '-' and '.', "
+            "starting with a letter or digit."
+        )
+    step = _get_registry().add(name, plugin, StepSource("local"))
+    assert step is not None  # local names never enter the conflict table
+    return step
+
+
+def unregister_step(name: str) -> None:
+    """Remove step ``name`` (of any source), or clear a contested name.
+
+    Raises:
+        UnknownStepError: nothing is registered under ``name``.
+    """
+    registry = _get_registry()
+    if name not in registry.steps and name not in registry.conflicts and name not in registry.problems:
+        registry.get(name)  # raises with suggestions
+    registry.remove(name)

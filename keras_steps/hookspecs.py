@@ -1,0 +1,185 @@
+"""The hooks a step plugin implements.
+
+A *step* is one plugin object (a module, a class, or an instance) registered
+under the step's name. keras_steps resolves the selected step's
+implementations once, when a :class:`~keras_steps.StepModel` is created, and
+then calls them directly, so every hook below has exactly one implementation
+per step and "first result" semantics: the value the step's implementation
+returns is the value used.
+
+Implementations may accept any subset of a hook's arguments, in any order,
+as pluggy allows. Only ``train_step`` and ``test_step`` are required; every
+other hook has the default documented with it.
+
+Each hook says in which keras-steps version it appeared. A newer keras-steps
+only ever adds optional hooks, so a plugin written against an older version
+keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+__all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
+
+#: The pluggy project name; markers of other projects are ignored.
+PROJECT_NAME = "keras_steps"
+
+#: Marks a function of a step plugin as a hook implementation.
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+#: Marks a function of this module as a hook specification.
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+
+@hookspec(firstresult=True)
+def step_options() -> Any:
+    """Return the step's options model: a subclass of :class:`~keras_steps.StepOptions`.
+
+    Called once when the step is resolved. The class validates the
+    ``step_options`` a user passes to :class:`~keras_steps.StepModel`, is shown
+    by ``keras-steps show``, and is exported as JSON Schema. Every field needs
+    a default and a ``description``.
+
+    Return: the options class. Default when not implemented: a step without
+    options (any option given is an error).
+
+    Added in 0.1.
+    """
+
+
+@hookspec(firstresult=True)
+def step_model_roles() -> Any:
+    """Return the names of the networks the step works on, as a tuple of str.
+
+    A step that trains one network returns one role (the default,
+    ``("model",)``); that step works with all three forms of
+    :class:`~keras_steps.StepModel`. A step with several roles, such as
+    ``("generator", "discriminator")``, needs ``StepModel(models={...})`` with
+    exactly those keys.
+
+    Return: a non-empty tuple of distinct role names.
+
+    Added in 0.1.
+    """
+
+
+@hookspec(firstresult=True)
+def step_optimizer_roles() -> Any:
+    """Return the names of the optimizers the step needs, as a tuple of str.
+
+    With one role (the default, ``("model",)``), ``compile(optimizer=...)``
+    takes a single optimizer as in plain Keras and it updates every trainable
+    weight. With several roles, ``compile`` takes a dict keyed by these names
+    and each role must also be a model role: the optimizer updates that
+    model's trainable weights, and is built on them at compile time.
+
+    Return: a non-empty tuple of distinct role names.
+
+    Added in 0.1.
+    """
+
+
+@hookspec(firstresult=True)
+def step_build(model: Any, options: Any) -> Any:
+    """Create the per-model state the step needs: metric trackers, seed generators.
+
+    Called once from :class:`~keras_steps.StepModel`'s constructor, after the
+    options are validated and the models attached. Metrics and
+    ``keras.random.SeedGenerator`` objects in the returned dict are tracked by
+    Keras: metrics reset at each epoch and at ``evaluate()``, appear in
+    ``model.metrics``, and all of it is saved with the model.
+
+    Args:
+        model: the :class:`~keras_steps.StepModel` being built.
+        options: the validated options instance.
+
+    Return: a dict of state, available during training as ``model.step_state``,
+    or ``None`` for none.
+
+    Added in 0.1.
+    """
+
+
+@hookspec(firstresult=True)
+def step_call(model: Any, inputs: Any, training: Any, options: Any) -> Any:
+    """Say what ``model(inputs)`` means when the step wraps several networks.
+
+    Used by ``StepModel(models={...})`` only: a functional or subclassed
+    ``StepModel`` already has its own ``call``. ``predict()`` goes through it
+    unless the step implements ``predict_step``.
+
+    Args:
+        model: the :class:`~keras_steps.StepModel`; its networks are in
+            ``model.models``.
+        inputs: the input batch.
+        training: Keras's training flag (``True``, ``False`` or ``None``).
+        options: the validated options instance.
+
+    Return: the output tensors. Default when not implemented: the single
+    model role's network applied to ``inputs``; a step with several model
+    roles must implement it.
+
+    Added in 0.1.
+    """
+
+
+@hookspec(firstresult=True)
+def train_step(model: Any, data: Any, options: Any) -> Any:
+    """Run one training step on one batch; required.
+
+    Called by ``fit()`` through Keras's train function, once per batch. The
+    contract is Keras's own ``Model.train_step``: compute the loss, scale it
+    with the optimizer's ``scale_loss`` (so mixed precision works; use
+    :func:`keras_steps.backprop`, which does this), back-propagate, apply the
+    gradients with each optimizer, update metrics.
+
+    Args:
+        model: the :class:`~keras_steps.StepModel` being trained.
+        data: the batch as Keras gives it: ``x``, ``(x,)``, ``(x, y)`` or
+            ``(x, y, sample_weight)``, each possibly nested.
+        options: the validated options instance.
+
+    Return: a dict mapping metric names to current values, shown in the
+    progress bar and recorded in ``History``.
+
+    Added in 0.1.
+    """
+
+
+@hookspec(firstresult=True)
+def test_step(model: Any, data: Any, options: Any) -> Any:
+    """Run one evaluation step on one batch; required.
+
+    Called by ``evaluate()`` and for validation data in ``fit()``, under
+    ``torch.no_grad()``. It updates metrics and never changes weights.
+
+    Args:
+        model: the :class:`~keras_steps.StepModel` being evaluated.
+        data: the batch, structured as for :func:`train_step`.
+        options: the validated options instance.
+
+    Return: a dict mapping metric names to current values.
+
+    Added in 0.1.
+    """
+
+
+@hookspec(firstresult=True)
+def predict_step(model: Any, data: Any, options: Any) -> Any:
+    """Run one inference step on one batch.
+
+    Called by ``predict()`` under ``torch.no_grad()``.
+
+    Args:
+        model: the :class:`~keras_steps.StepModel`.
+        data: the batch, structured as for :func:`train_step`.
+        options: the validated options instance.
+
+    Return: the predictions for the batch. Default when not implemented:
+    Keras's own ``predict_step``, which returns ``model(x, training=False)``.
+
+    Added in 0.1.
+    """
