@@ -183,3 +183,25 @@ def predict_step(model: Any, data: Any, options: Any) -> Any:
 
     Added in 0.1.
     """
+
+
+@hookspec(firstresult=True)
+def step_demo(out_dir: Any, epochs: Any, steps: Any) -> Any:
+    """Train the step on small embedded data and draw what it achieved.
+
+    Run by ``keras-steps demo NAME``. The demo must need no network (ship or
+    generate its data), show Keras's progress bar, finish in a minute or two on
+    a CPU with the default budget, and write its pictures as PNG files.
+
+    Args:
+        out_dir: a ``pathlib.Path`` to write files into (it exists).
+        epochs: number of epochs, or ``None`` for the demo's default.
+        steps: batches per epoch, or ``None`` for a full pass over the data.
+
+    Return: a dict from a short label (``"samples"``, ``"curves"``, ...) to
+    the path of each file written; may be empty for a demo that only prints.
+    Default when not implemented: ``keras-steps demo NAME`` says the step has
+    no demo.
+
+    Added in 0.1.
+    """

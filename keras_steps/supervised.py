@@ -32,3 +32,22 @@ def test_step(model, data):
 @hookimpl
 def predict_step(model, data):
     return _predict_step(model, data)
+
+
+@hookimpl
+def step_demo(epochs, steps):
+    """The seed guide's first example: Dense(32 -> 1) regression, mse and mae."""
+    import numpy as np
+
+    from keras_steps import StepModel
+
+    keras.utils.set_random_seed(1337)
+    x = np.random.random((1000, 32)).astype("float32")
+    y = (x @ np.linspace(-1.0, 1.0, 32, dtype="float32"))[:, None] / 4.0
+    inputs = keras.Input(shape=(32,))
+    model = StepModel(inputs, keras.layers.Dense(1)(inputs), step="supervised")
+    model.compile(optimizer="adam", loss="mse", metrics=["mae"])
+    history = model.fit(x, y, epochs=epochs or 5, steps_per_epoch=steps, verbose="auto")
+    for key, values in history.history.items():
+        print(f"{key}: " + " ".join(f"{v:.4f}" for v in values))
+    return {}
