@@ -146,6 +146,20 @@ class StepModel(keras.Model):
             return {}
         return {self._step.optimizer_roles[0]: self.optimizer}
 
+    @property
+    def metrics(self):
+        metrics = super().metrics
+        tracker = getattr(self, "_loss_tracker", None)
+        if tracker is not None and any(
+            getattr(m, "name", None) == "loss" and m is not tracker
+            for m in self.step_state.values()
+        ):
+            # A step that tracks its own "loss" replaces Keras's compile-loss
+            # tracker, which it never updates; two metrics of one name would make
+            # Keras report whichever it met last.
+            metrics = [m for m in metrics if m is not tracker]
+        return metrics
+
     # -- Keras entry points ----------------------------------------------------
     def compile(
         self,

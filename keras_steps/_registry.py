@@ -103,7 +103,9 @@ class _Registry:
     def _check_unknown_hooks(self, name: str, plugin: Any, source: StepSource):
         # pluggy.check_pending does this for the whole manager; doing it per
         # plugin lets one misspelled hook fail only its own plugin.
-        known = [n for n in dir(hookspecs) if getattr(getattr(hookspecs, n), "keras_steps_spec", None)]
+        known = [
+            n for n in dir(hookspecs) if getattr(getattr(hookspecs, n), "keras_steps_spec", None)
+        ]
         for caller in self.pm.get_hookcallers(plugin) or []:
             if caller.has_spec():
                 continue
@@ -156,7 +158,8 @@ class _Registry:
 
     def _load_one(self, ep: importlib.metadata.EntryPoint, source: StepSource) -> None:
         if not _NAME.match(ep.name):
-            self._record(ep.name, PluginError(f"Entry point {ep.name!r} ({source}) is not a valid step name."))
+            error = PluginError(f"Entry point {ep.name!r} ({source}) is not a valid step name.")
+            self._record(ep.name, error)
             return
         try:
             plugin = ep.load()
@@ -310,6 +313,6 @@ def unregister_step(name: str) -> None:
         UnknownStepError: nothing is registered under ``name``.
     """
     registry = _get_registry()
-    if name not in registry.steps and name not in registry.conflicts and name not in registry.problems:
+    if not any(name in table for table in (registry.steps, registry.conflicts, registry.problems)):
         registry.get(name)  # raises with suggestions
     registry.remove(name)

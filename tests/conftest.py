@@ -2,11 +2,11 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import keras  # noqa: E402
-import pytest  # noqa: E402
+import keras
+import pytest
 
-import keras_steps  # noqa: E402, F401
-from keras_steps import _registry  # noqa: E402
+import keras_steps  # noqa: F401
+from keras_steps import _registry
 
 
 @pytest.fixture(autouse=True)
