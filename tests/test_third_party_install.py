@@ -1,0 +1,106 @@
+"""A real third-party distribution: built with its own pyproject.toml, installed, used.
+
+Slow (pip builds a wheel), so it runs the checks that need a real install in
+one go: list_steps(), the CLI, StepModel(step=...), and the two environment
+variables, each in a fresh interpreter as a user would see them.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from plugin_factory import GOOD_STEP
+
+pytestmark = pytest.mark.slow
+
+PYPROJECT = """
+[build-system]
+requires = ["setuptools>=61"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "ks-thirdparty"
+version = "0.7.1"
+
+[project.entry-points.keras_steps]
+thirdparty = "ks_thirdparty"
+broken = "ks_thirdparty_broken"
+
+[tool.setuptools]
+packages = ["ks_thirdparty", "ks_thirdparty_broken"]
+"""
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    src = tmp_path_factory.mktemp("src")
+    (src / "pyproject.toml").write_text(PYPROJECT)
+    (src / "ks_thirdparty").mkdir()
+    (src / "ks_thirdparty" / "__init__.py").write_text(GOOD_STEP)
+    (src / "ks_thirdparty_broken").mkdir()
+    (src / "ks_thirdparty_broken" / "__init__.py").write_text("import not_a_module_here\n")
+    dest = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(dest), str(src)],
+        check=True,
+    )
+    return dest
+
+
+def run(target, code, **env):
+    environ = {**os.environ, "PYTHONPATH": str(target), "KERAS_BACKEND": "torch", **env}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, env=environ, timeout=120,
+    )
+
+
+def test_installed_plugin_is_listed_shown_and_trains(target):
+    result = run(target, """
+        import json, warnings
+        import numpy as np, keras, keras_steps
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            steps = {s.name: str(s.source) for s in keras_steps.list_steps()}
+        inputs = keras.Input((3,))
+        model = keras_steps.StepModel(inputs, keras.layers.Dense(1)(inputs), step="thirdparty")
+        model.compile(optimizer="sgd")
+        x = np.random.rand(64, 3).astype("float32")
+        h = model.fit(x, x.sum(1, keepdims=True), epochs=3, verbose=0).history
+        print(json.dumps({"steps": steps, "loss": h["loss"], "warnings": [str(m.message) for m in w]}))
+    """)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert data["steps"]["thirdparty"] == "ks-thirdparty 0.7.1"
+    assert data["loss"][-1] < data["loss"][0]
+    assert "broken" not in data["steps"]
+    assert any(
+        "'broken'" in m and "ks-thirdparty 0.7.1" in m and "not_a_module_here" in m
+        for m in data["warnings"]
+    )
+
+
+def test_cli_lists_and_shows_installed_plugin(target):
+    result = run(target, "from keras_steps._cli import main; main(['list', '--json'])")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    entry = next(s for s in data["steps"] if s["name"] == "thirdparty")
+    assert entry["source"]["distribution"] == "ks-thirdparty"
+    assert entry["source"]["version"] == "0.7.1"
+    assert "broken" in data["problems"]
+    result = run(target, "from keras_steps._cli import main; main(['show', 'thirdparty'])")
+    assert "scale: number = 1.0" in result.stdout
+
+
+def test_environment_variables_in_a_fresh_interpreter(target):
+    code = "import keras_steps; print(sorted(s.name for s in keras_steps.list_steps()))"
+    disabled = run(target, code, KERAS_STEPS_DISABLE_PLUGIN_AUTOLOAD="1")
+    assert disabled.stdout.strip() == "['supervised']"
+    assert disabled.stderr == ""
+    only = run(target, code, KERAS_STEPS_LOAD_PLUGINS="thirdparty, missing")
+    assert "'thirdparty'" in only.stdout and "'broken'" not in only.stdout
+    assert "'missing'" in only.stderr and "not_a_module_here" not in only.stderr
