@@ -77,7 +77,8 @@ def test_demo_of_a_step_without_one(capsys):
 
 
 def test_supervised_demo_prints_history(capsys, tmp_path):
-    assert main(["demo", "supervised", "--epochs", "2", "--steps", "3", "--output", str(tmp_path)]) == 0
+    args = ["demo", "supervised", "--epochs", "2", "--steps", "3", "--output", str(tmp_path)]
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "Epoch 2/2" in out
     losses = next(line for line in out.splitlines() if line.startswith("loss: "))

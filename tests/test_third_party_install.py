@@ -71,7 +71,8 @@ def test_installed_plugin_is_listed_shown_and_trains(target):
         model.compile(optimizer="sgd")
         x = np.random.rand(64, 3).astype("float32")
         h = model.fit(x, x.sum(1, keepdims=True), epochs=3, verbose=0).history
-        print(json.dumps({"steps": steps, "loss": h["loss"], "warnings": [str(m.message) for m in w]}))
+        messages = [str(m.message) for m in w]
+        print(json.dumps({"steps": steps, "loss": h["loss"], "warnings": messages}))
     """)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout.strip().splitlines()[-1])
