@@ -17,7 +17,6 @@ __all__ = [
     "additional_losses",
     "per_example_weights",
     "reduce_per_example",
-    "track_loss",
 ]
 
 
@@ -77,14 +76,3 @@ def additional_losses(model):
     if not losses:
         return ops.zeros((), "float32")
     return ops.sum(ops.stack(losses))
-
-
-def track_loss(model: keras.Model, loss, batch_size: int) -> None:
-    """Record the total loss in Keras's own ``loss`` metric, made by ``compile()``.
-
-    A step's own metric named ``loss`` would sit next to Keras's in
-    ``model.metrics``, and ``evaluate()`` would then list the loss twice.
-    Weighting by the batch size makes the epoch value the mean over examples,
-    as in Keras's own steps.
-    """
-    model._loss_tracker.update_state(loss, sample_weight=batch_size)

@@ -59,7 +59,6 @@ from ._batch_losses import (
     additional_losses,
     per_example_weights,
     reduce_per_example,
-    track_loss,
 )
 
 NAME = "distillation"
@@ -123,6 +122,8 @@ def step_build(model):
         )
     teacher.trainable = False
     return {
+        # Named "loss", this tracker replaces the compile() loss tracker.
+        "loss": keras.metrics.Mean(name="loss"),
         "student_loss": keras.metrics.Mean(name="student_loss"),
         "distillation_loss": keras.metrics.Mean(name="distillation_loss"),
     }
@@ -225,8 +226,7 @@ def _logits(pred, kind):
 
 def _metrics(model, x, y, y_pred, sample_weight, losses):
     batch_size = y_pred.shape[0]
-    track_loss(model, losses["loss"], batch_size)
-    for name in ("student_loss", "distillation_loss"):
+    for name in ("loss", "student_loss", "distillation_loss"):
         model.step_state[name].update_state(losses[name], sample_weight=batch_size)
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 

@@ -53,7 +53,6 @@ from ._batch_losses import (
     additional_losses,
     per_example_weights,
     reduce_per_example,
-    track_loss,
 )
 
 NAME = "vae"
@@ -125,6 +124,8 @@ def step_optimizer_roles():
 @keras_steps.hookimpl
 def step_build(options):
     return {
+        # Named "loss", this tracker replaces the compile() loss tracker.
+        "loss": keras.metrics.Mean(name="loss"),
         "reconstruction_loss": keras.metrics.Mean(name="reconstruction_loss"),
         "kl_loss": keras.metrics.Mean(name="kl_loss"),
         "seed_generator": keras.random.SeedGenerator(options.seed, name="vae_seed"),
@@ -213,8 +214,7 @@ def _losses(model, data, options, training):
 
 def _metrics(model, x, target, reconstruction, sample_weight, losses):
     batch_size = reconstruction.shape[0]
-    track_loss(model, losses["loss"], batch_size)
-    for name in ("reconstruction_loss", "kl_loss"):
+    for name in ("loss", "reconstruction_loss", "kl_loss"):
         model.step_state[name].update_state(losses[name], sample_weight=batch_size)
     # Compiled metrics (compile(metrics=["mse"]), say) compare the target
     # with the reconstruction from the sampled z.
