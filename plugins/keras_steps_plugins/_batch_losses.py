@@ -8,7 +8,6 @@ the same rule here, so their numbers mean what a compiled loss's mean.
 
 from __future__ import annotations
 
-import keras
 from keras import ops
 
 from keras_steps import StepError
