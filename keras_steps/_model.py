@@ -10,7 +10,6 @@ import keras
 from keras.src.models.functional import Functional
 from keras.src.models.model import Trainer as _BackendTrainer
 from keras.src.models.model import functional_init_arguments
-from keras.src.saving import serialization_lib
 from keras.src.utils import python_utils
 
 from keras_steps import _saving
@@ -207,7 +206,7 @@ class StepModel(keras.Model):
         if type(self).compile is not StepModel.compile:
             # A subclass with its own compile(): Keras warns and skips it.
             return super().compile_from_config(config)
-        self.compile(**serialization_lib.deserialize_keras_object(config))
+        self.compile(**keras.saving.deserialize_keras_object(config))
         if self.optimizer is not None and self.built:
             # Build it now so that load_model can restore its variables.
             self.optimizer.build(self.trainable_variables)
