@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import keras
 from keras.src.models.functional import Functional
 from keras.src.models.model import Trainer as _BackendTrainer
 from keras.src.models.model import functional_init_arguments
+from keras.src.utils import python_utils
 
+from keras_steps import _saving
 from keras_steps._errors import RoleError, StepError
 from keras_steps._options import StepOptions
 from keras_steps._registry import get_step
@@ -17,6 +21,7 @@ from keras_steps._step import Step
 __all__ = ["StepModel"]
 
 
+@keras.saving.register_keras_serializable(package="keras_steps")
 class StepModel(keras.Model):
     """A ``keras.Model`` that trains with a step chosen by name.
 
@@ -36,6 +41,13 @@ class StepModel(keras.Model):
 
     ``compile``, ``fit``, ``evaluate``, ``predict`` and callbacks work as in
     Keras. A subclass that overrides ``train_step`` itself bypasses the step.
+
+    ``model.save`` and ``keras.models.load_model`` keep the step, its options,
+    every network, every optimizer's state, the step's metric trackers and
+    random seed state (docs/saving.md). A subclass with its own constructor
+    arguments is serialized as in Keras (register it with
+    ``keras.saving.register_keras_serializable``); the step and options it
+    was saved with are restored whatever its constructor passes.
 
     Args:
         step: name of a registered step (see ``keras-steps list``).
@@ -68,7 +80,9 @@ class StepModel(keras.Model):
             cls = _variant(cls, Functional)
         elif kwargs.get("models") is not None:
             cls = _variant(cls, _CallsRoleModels)
-        return keras.Model.__new__(cls)
+        # Skips keras.Model.__new__, which drops the arguments that Keras's
+        # automatic get_config of a subclass records (it would save defaults).
+        return super(keras.Model, cls).__new__(cls, *args, **kwargs)
 
     def __init__(
         self,
@@ -78,8 +92,12 @@ class StepModel(keras.Model):
         models: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        resolved = get_step(step)
-        options = resolved.validate_options(step_options)
+        saved = _saving.claim_saved_step(self)
+        if saved is not None:
+            resolved, options = saved
+        else:
+            resolved = get_step(step)
+            options = resolved.validate_options(step_options)
         functional = functional_init_arguments(args, kwargs)
         if functional and models is not None:
             raise RoleError(
@@ -133,10 +151,12 @@ class StepModel(keras.Model):
         return self._step_options
 
     @property
-    def models(self) -> dict[str, Any]:
+    def models(self) -> Mapping[str, Any]:
+        # A read-only mapping, not a dict: Keras's saving walks dict attributes,
+        # and {"model": self} would send load_model round in circles.
         if self._role_models is None:
-            return {self._step.model_roles[0]: self}
-        return dict(self._role_models)
+            return MappingProxyType({self._step.model_roles[0]: self})
+        return MappingProxyType(dict(self._role_models))
 
     @property
     def optimizers(self) -> dict[str, Any]:
@@ -159,6 +179,58 @@ class StepModel(keras.Model):
             # Keras report whichever it met last.
             metrics = [m for m in metrics if m is not tracker]
         return metrics
+
+    # -- saving --------------------------------------------------------------
+    @python_utils.default  # keeps Keras's automatic config for subclasses
+    def get_config(self):
+        _saving.register_variant_name(type(self))
+        if self._role_models is None:
+            config = super().get_config()
+        else:
+            config = {
+                "name": self.name,
+                "trainable": self.trainable,
+                "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+                "models": {
+                    role: keras.saving.serialize_keras_object(network)
+                    for role, network in self._role_models.items()
+                },
+            }
+        return {**config, **_saving.step_config(self._step, self._step_options)}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        saved = _saving.pop_saved_step(config)
+        if saved is None:
+            return super().from_config(config, custom_objects=custom_objects)
+        step, options = saved
+        with _saving.rebuilding(cls, step, options) as pending:
+            if "models" in config:
+                models = _saving.deserialize_models(
+                    step, config.pop("models"), custom_objects
+                )
+                model = cls(models=models, **config)
+            else:
+                model = super().from_config(config, custom_objects=custom_objects)
+        _saving.check_restored(pending, cls)
+        return model
+
+    def compile_from_config(self, config):
+        if type(self).compile is not StepModel.compile:
+            # A subclass with its own compile(): Keras warns and skips it.
+            return super().compile_from_config(config)
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.optimizer is not None and self.built:
+            # Build it now so that load_model can restore its variables.
+            self.optimizer.build(self.trainable_variables)
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        _saving.save_unsaved_state(self, store)
+
+    def load_own_variables(self, store):
+        super().load_own_variables(_saving.load_unsaved_state(self, store))
 
     # -- Keras entry points ----------------------------------------------------
     def compile(
@@ -240,6 +312,14 @@ class StepModel(keras.Model):
             model = self.models[role]
             if not opt.built and getattr(model, "built", False):
                 opt.build(model.trainable_variables)
+
+    def fit(self, *args, **kwargs):
+        # BackupAndRestore(save_freq=N) restores mid-epoch weights but Keras
+        # replays that epoch from its start; resume at the right batch instead.
+        args, kwargs = _saving.with_mid_epoch_resume(super().fit, args, kwargs)
+        return super().fit(*args, **kwargs)
+
+    fit.__doc__ = keras.Model.fit.__doc__
 
     def make_train_function(self, force=False):
         self._build_role_optimizers()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pydantic
 
@@ -22,11 +22,20 @@ class StepOptions(pydantic.BaseModel):
 
     Unknown option names are rejected (``extra="forbid"``), values are checked
     again on assignment, and ``model_json_schema()`` exports the schema.
+
+    Attributes:
+        options_version: version of the options' layout, saved with every
+            model. Bump it when an option is renamed, removed or changes
+            meaning, and implement the ``step_migrate_options`` hook to turn
+            options saved under an older version into current ones. Adding an
+            option whose default keeps the old behaviour needs no bump.
     """
 
     model_config = pydantic.ConfigDict(
         extra="forbid", validate_assignment=True, frozen=False
     )
+
+    options_version: ClassVar[int] = 0
 
 
 def validate_options(step: str, source: str, cls: type[StepOptions], given: Any):

@@ -51,6 +51,40 @@ def step_options() -> Any:
 
 
 @hookspec(firstresult=True)
+def step_migrate_options(options: Any, version: Any) -> Any:
+    """Turn options saved by an older version of the step into current ones.
+
+    Called by ``keras.models.load_model`` (and ``from_config``) when a file's
+    options were saved under an ``options_version`` lower than the current
+    one of the step's options class (see :class:`~keras_steps.StepOptions`).
+    The result is then validated as usual; options that still do not
+    validate are an error naming the step, the field and the plugin, never a
+    silent fallback to defaults. Without this hook, loading options of an
+    older version is an error.
+
+    Handle every older version in one place, oldest change first::
+
+        @keras_steps.hookimpl
+        def step_migrate_options(options, version):
+            if version < 1:  # 0.2 renamed "radius" to "rho"
+                options["rho"] = options.pop("radius")
+            if version < 2:  # 0.3 replaced "adaptive: bool" by "mode"
+                options["mode"] = "adaptive" if options.pop("adaptive") else "plain"
+            return options
+
+    Args:
+        options: the saved options, a dict of plain JSON data (a copy; it may
+            be changed in place).
+        version: the ``options_version`` they were saved under, lower than
+            the current one.
+
+    Return: a dict of options for the current version.
+
+    Added in 0.1.
+    """
+
+
+@hookspec(firstresult=True)
 def step_model_roles() -> Any:
     """Return the names of the networks the step works on, as a tuple of str.
 

@@ -1,0 +1,427 @@
+"""How a ``StepModel`` is saved, loaded and resumed.
+
+A saved ``StepModel`` config holds, next to what Keras saves for the model:
+
+``step``
+    the step name;
+``step_options``
+    the validated options as plain JSON data (``model_dump(mode="json")``);
+``step_options_version``
+    the options class's ``options_version`` when the file was written;
+``step_source``
+    where the step came from (kind, distribution, version, entry point), only
+    to name the missing plugin in error messages;
+``models``
+    for ``StepModel(models={...})``: each role's network, serialized by Keras.
+
+Loading trusts none of it: the step is looked up in the registry by name
+(nothing named in the file is imported), the options are data that the step's
+pydantic class validates (nothing in them is deserialized or evaluated), and
+each network goes through Keras's own ``deserialize_keras_object`` under the
+caller's ``safe_mode``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import copy
+import dataclasses
+import inspect
+import json
+import os
+from typing import Any
+
+import keras
+from keras.src.saving import object_registration
+
+from keras_steps._errors import OptionsError, PluginError, StepError, UnknownStepError
+from keras_steps._options import StepOptions
+from keras_steps._registry import get_step
+from keras_steps._step import Step
+
+__all__ = [
+    "check_restored",
+    "claim_saved_step",
+    "deserialize_models",
+    "load_unsaved_state",
+    "pop_saved_step",
+    "rebuilding",
+    "register_variant_name",
+    "save_unsaved_state",
+    "step_config",
+    "with_mid_epoch_resume",
+]
+
+STEP_KEYS = ("step", "step_options", "step_options_version", "step_source")
+STATE_PREFIX = "step_state:"
+SEED_PREFIX = "seed_generator:"
+
+
+# -- writing --------------------------------------------------------------------
+def options_version(options_class: type[StepOptions], step: Step) -> int:
+    version = getattr(options_class, "options_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise PluginError(
+            f"Step {step.name!r} ({step.source}): {options_class.__name__}."
+            f"options_version is {version!r}; expected an int >= 0."
+        )
+    return version
+
+
+def step_config(step: Step, options: StepOptions) -> dict[str, Any]:
+    """Return the step part of a ``StepModel`` config, as plain JSON data."""
+    return {
+        "step": step.name,
+        "step_options": options.model_dump(mode="json"),
+        "step_options_version": options_version(step.options_class, step),
+        "step_source": dataclasses.asdict(step.source),
+    }
+
+
+def register_variant_name(variant: type) -> None:
+    """Make a functional or wrapper variant class save under its user class's name.
+
+    ``StepModel.__new__`` builds instances of cached variant classes; a saved
+    file must name the class the user wrote (and registered), so that loading
+    finds it and rebuilds the right variant.
+    """
+    base = getattr(variant, "_step_base", None)
+    if base is None:
+        return
+    names = object_registration.GLOBAL_CUSTOM_NAMES
+    if base in names:
+        names[variant] = names[base]
+    else:
+        names.pop(variant, None)
+
+
+# -- reading --------------------------------------------------------------------
+def _saved_source(config: dict[str, Any]) -> str:
+    source = config.get("step_source")
+    if not isinstance(source, dict):
+        return ""
+    text = {k: v for k, v in source.items() if isinstance(v, str)}
+    if text.get("kind") == "plugin" and text.get("distribution"):
+        where = f"distribution {text['distribution']!r}"
+        if text.get("version"):
+            where += f" version {text['version']}"
+        if text.get("entry_point"):
+            where += f", entry point {text['entry_point']!r}"
+        return f" (saved from {where})"
+    if text.get("kind"):
+        return f" (saved from {text['kind']!r} code)"
+    return ""
+
+
+def pop_saved_step(config: dict[str, Any]) -> tuple[Step, StepOptions] | None:
+    """Remove the step keys from ``config``; return the step and validated options.
+
+    Returns None when ``config`` has no step keys (a subclass whose own
+    ``get_config`` does not call ``super().get_config()``).
+
+    Raises:
+        UnknownStepError, StepConflictError, PluginError: the saved step is not
+            usable here; the message names the step and the plugin
+            distribution it was saved from.
+        OptionsError: the saved options no longer validate, and no
+            ``step_migrate_options`` hook turns them into options that do.
+    """
+    if "step" not in config:
+        return None
+    saved = {key: config.pop(key, None) for key in STEP_KEYS}
+    name = saved["step"]
+    where = _saved_source(saved)
+    if not isinstance(name, str):
+        raise StepError(
+            f"Cannot load the saved StepModel: its step name is "
+            f"{type(name).__name__} {name!r}, not a str{where}."
+        )
+    try:
+        step = get_step(name)
+    except StepError as exc:
+        source = saved["step_source"]
+        hint = ""
+        if isinstance(exc, UnknownStepError) and isinstance(source, dict):
+            distribution = source.get("distribution")
+            if source.get("kind") == "plugin" and isinstance(distribution, str):
+                hint = (
+                    f" Installing the distribution {distribution!r} should provide it."
+                )
+        raise type(exc)(
+            f"Cannot load the saved StepModel: it was trained with step {name!r}"
+            f"{where}, which cannot be used here.{hint} {exc}"
+        ) from None
+    options = saved["step_options"] if saved["step_options"] is not None else {}
+    version = saved["step_options_version"] or 0
+    heading = f"Cannot load the saved StepModel with step {name!r}{where}:"
+    if not isinstance(options, dict):
+        raise OptionsError(
+            f"{heading} its options are {type(options).__name__}, not a dict."
+        )
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise OptionsError(f"{heading} options version {version!r} is not an int >= 0.")
+    options = _migrate(step, copy.deepcopy(options), version, heading)
+    try:
+        return step, step.validate_options(options)
+    except OptionsError as exc:
+        current = options_version(step.options_class, step)
+        raise OptionsError(
+            f"{heading} the saved options (version {version}) do not validate "
+            f"against the installed step ({step.source}, options version "
+            f"{current}). If the plugin renamed or changed an option, it must "
+            "bump StepOptions.options_version and implement "
+            "step_migrate_options.\n" + str(exc)
+        ) from None
+
+
+def _migrate(step: Step, options: dict, version: int, heading: str) -> dict:
+    current = options_version(step.options_class, step)
+    if version == current:
+        return options
+    if version > current:
+        raise OptionsError(
+            f"{heading} its options have version {version}, newer than the "
+            f"installed step's version {current} ({step.source}). Upgrade the "
+            "plugin."
+        )
+    migrate = step.hooks.get("step_migrate_options")
+    if migrate is None:
+        raise OptionsError(
+            f"{heading} its options have version {version}, but the installed "
+            f"step ({step.source}) is at options version {current} and "
+            "implements no step_migrate_options hook to convert them."
+        )
+    migrated = migrate(options, version)
+    if not isinstance(migrated, dict):
+        raise PluginError(
+            f"Step {step.name!r} ({step.source}): hook step_migrate_options "
+            f"returned {type(migrated).__name__}; expected a dict of options."
+        )
+    return migrated
+
+
+def deserialize_models(step: Step, models: Any, custom_objects=None) -> dict:
+    """Rebuild each role's network from its Keras config."""
+    if not isinstance(models, dict):
+        raise StepError(
+            f"Cannot load the saved StepModel with step {step.name!r}: its "
+            f"models are {type(models).__name__}, not a dict from role to network."
+        )
+    return {
+        role: keras.saving.deserialize_keras_object(
+            config, custom_objects=custom_objects
+        )
+        for role, config in models.items()
+    }
+
+
+# -- rebuilding: the saved step wins over what a constructor asks for ------------
+@dataclasses.dataclass
+class _Pending:
+    cls: type
+    step: Step
+    options: StepOptions
+    claimed: bool = False
+
+
+_PENDING: contextvars.ContextVar[_Pending | None] = contextvars.ContextVar(
+    "keras_steps_pending_restore", default=None
+)
+
+
+@contextlib.contextmanager
+def rebuilding(cls: type, step: Step, options: StepOptions):
+    """While ``cls`` is rebuilt from a config, hand it the saved step and options.
+
+    A user subclass passes its own ``step=``/``step_options=`` to
+    ``StepModel.__init__`` (and may not accept them as arguments at all), so
+    they cannot travel as constructor arguments; the first ``StepModel`` of
+    class ``cls`` initialised in this context takes them instead. Nested
+    StepModels are rebuilt by their own ``from_config`` in their own context.
+    """
+    pending = _Pending(cls, step, options)
+    token = _PENDING.set(pending)
+    try:
+        yield pending
+    finally:
+        _PENDING.reset(token)
+
+
+def claim_saved_step(model: Any) -> tuple[Step, StepOptions] | None:
+    """The saved step and options if ``model`` is the one being rebuilt, else None."""
+    pending = _PENDING.get()
+    if pending is None or pending.claimed or not isinstance(model, pending.cls):
+        return None
+    pending.claimed = True
+    return pending.step, pending.options
+
+
+def check_restored(pending: _Pending, cls: type) -> None:
+    if not pending.claimed:
+        raise StepError(
+            f"{cls.__name__}.from_config rebuilt a model without calling "
+            f"StepModel.__init__, so the saved step {pending.step.name!r} was "
+            "not attached."
+        )
+
+
+# -- state Keras does not save: metric trackers, random seeds --------------------
+def _unsaved_state(model: Any) -> dict[str, Any]:
+    """Key -> variable for the state Keras's saving leaves out.
+
+    Keras saves neither metric variables nor ``SeedGenerator`` state, so a
+    loaded or resumed step would lose its running averages and draw other
+    latent vectors, label noise or dropout masks than a run that never
+    stopped. The step's own trackers and generators are keyed by their
+    ``step_state`` name; generators inside the networks (``Dropout``) by
+    their order.
+    """
+    found: dict[str, Any] = {}
+    owned: set[int] = set()
+    for name, item in sorted(model.step_state.items()):
+        if isinstance(item, keras.metrics.Metric):
+            for i, variable in enumerate(item.variables):
+                found[f"{STATE_PREFIX}{name}:{i}"] = variable
+        elif isinstance(item, keras.random.SeedGenerator):
+            found[f"{STATE_PREFIX}{name}"] = item.state
+            owned.add(id(item))
+    i = 0
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for generator in layer._seed_generators:
+            if id(generator) not in owned:
+                owned.add(id(generator))
+                found[f"{SEED_PREFIX}{i}"] = generator.state
+                i += 1
+    return found
+
+
+def save_unsaved_state(model: Any, store: Any) -> None:
+    """Write the step's trackers and every seed state next to the model's variables."""
+    for key, variable in _unsaved_state(model).items():
+        store[key] = variable
+
+
+def load_unsaved_state(model: Any, store: Any) -> dict:
+    """Restore what :func:`save_unsaved_state` wrote; return the other entries."""
+    ours = (STATE_PREFIX, SEED_PREFIX)
+    keys = list(store.keys())
+    saved = {k for k in keys if k.startswith(ours)}
+    expected = _unsaved_state(model)
+    if saved != set(expected):
+        missing = sorted(set(expected) - saved)
+        unexpected = sorted(saved - set(expected))
+        raise StepError(
+            f"Cannot load the state of {model.name!r} (step {model.step!r}): the "
+            "step's trackers or random seeds differ from the file's; the step "
+            "or the networks changed since saving."
+            + (f" Missing from the file: {missing}." if missing else "")
+            + (f" Not in the model: {unexpected}." if unexpected else "")
+        )
+    for key, variable in expected.items():
+        variable.assign(store[key])
+    return {k: store[k] for k in keys if not k.startswith(ours)}
+
+
+# -- resuming in the middle of an epoch ------------------------------------------
+class _ResumeMidEpoch(keras.callbacks.Callback):
+    """Finish an epoch that ``BackupAndRestore`` restored half-way, exactly.
+
+    ``BackupAndRestore(save_freq=N)`` restores the weights saved after batch
+    ``b`` of epoch ``e``, then Keras 3 replays epoch ``e`` from its first
+    batch, training batches ``0..b`` twice. Placed after the backup
+    callbacks, this one passes over those batches without training and puts
+    back the restored tracker state that ``fit`` resets at the start of the
+    epoch, so the resumed run matches a run that never stopped (given the
+    same data order).
+    """
+
+    def __init__(self, backups: list) -> None:
+        super().__init__()
+        self._backups = backups
+        self._skip = 0
+        self._train_function = None
+        self._tracker_values: list | None = None
+
+    def on_train_begin(self, logs=None):
+        for backup in self._backups:
+            position = _restored_position(backup)
+            if position is not None:
+                epoch, self._skip = position
+                # BackupAndRestore forgets where it resumed: its next backups
+                # would say epoch 0, and one taken while batches are passed
+                # over would hold later weights than its batch number says.
+                backup._current_epoch = epoch
+                backup._batches_seen_since_last_saving = -self._skip
+        if not self._skip:
+            return
+        self._tracker_values = [v.numpy() for v in _tracker_variables(self.model)]
+        self._train_function = self.model.train_function
+        self.model.train_function = self._pass_over
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._tracker_values is not None:
+            variables = _tracker_variables(self.model)
+            for variable, value in zip(variables, self._tracker_values, strict=True):
+                variable.assign(value)
+            self._tracker_values = None
+
+    def _pass_over(self, data):
+        self._skip -= 1
+        if self._skip <= 0:
+            self._put_back()
+        return self.model.get_metrics_result()
+
+    def _put_back(self):
+        if self._train_function is not None:
+            self.model.train_function = self._train_function
+            self._train_function = None
+
+    def on_train_end(self, logs=None):
+        self._put_back()
+
+
+def _tracker_variables(model: Any) -> list:
+    # Only the step's trackers: Keras saves no compiled metric, so those start
+    # the resumed epoch empty, as fit() would make them anyway.
+    return [
+        v
+        for _, item in sorted(model.step_state.items())
+        if isinstance(item, keras.metrics.Metric)
+        for v in item.variables
+    ]
+
+
+def _restored_position(backup: Any) -> tuple[int, int] | None:
+    """(epoch, batches of it already trained) of a mid-epoch backup, else None."""
+    if backup.save_freq == "epoch":
+        return None  # backups at epoch ends: Keras resumes them exactly
+    path = getattr(backup, "_training_metadata_path", None)
+    if path is None:
+        raise StepError(
+            "keras.callbacks.BackupAndRestore of this Keras version has no "
+            "_training_metadata_path; keras_steps cannot resume it in mid-epoch. "
+            "Use save_freq='epoch'."
+        )
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        metadata = json.load(f)
+    epoch, batch = metadata.get("epoch"), metadata.get("batch")
+    if not (isinstance(epoch, int) and isinstance(batch, int) and batch >= 0):
+        return None
+    # "batch" is the zero-based index of the last batch the backup includes.
+    return epoch, batch + 1
+
+
+def with_mid_epoch_resume(fit, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Return ``fit``'s arguments with :class:`_ResumeMidEpoch` after any backups."""
+    bound = inspect.signature(fit).bind(*args, **kwargs)
+    callbacks = bound.arguments.get("callbacks")
+    if isinstance(callbacks, (list, tuple)):
+        backups = [
+            c for c in callbacks if isinstance(c, keras.callbacks.BackupAndRestore)
+        ]
+        if backups:
+            bound.arguments["callbacks"] = [*callbacks, _ResumeMidEpoch(backups)]
+    return bound.args, bound.kwargs
