@@ -206,7 +206,8 @@ def attack(model, x, y, options: AdversarialOptions):
         A tensor like ``x``, detached, within ``[clip_min, clip_max]`` and,
         where ``x`` itself lies in that range, within ``epsilon`` of ``x``.
     """
-    x = x.detach()
+    # On Keras's device, where the model and the seed generator live.
+    x = keras.ops.convert_to_tensor(x).detach()
 
     def project(candidate):
         # Into the ball, then into the valid range: the range wins when an
