@@ -1,0 +1,252 @@
+"""Checks shared by the tests of single-network steps (sam, mixup, adversarial).
+
+Each check trains tiny models on synthetic data and can fail: it compares
+weights or metrics against what the option or policy must produce.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import keras_steps
+
+FORMS = ("functional", "wrapper", "subclassed")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Run these tiny models on one thread, then restore the setting.
+
+    Their matrices are far too small to gain from intra-op threads, and on a
+    shared CPU the threads' contention made the files about 20 times slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def blobs(n=96, dim=8, classes=3, seed=0, spread=1.0):
+    """Gaussian clusters, one per class: float32 inputs and int64 labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=2.0, size=(classes, dim))
+    y = np.arange(n) % classes
+    x = centres[y] + rng.normal(scale=spread, size=(n, dim))
+    return x.astype("float32"), y.astype("int64")
+
+
+def _layers(classes, hidden):
+    return [
+        keras.layers.Flatten(),
+        keras.layers.Dense(hidden, activation="relu"),
+        keras.layers.Dense(classes, activation="softmax"),
+    ]
+
+
+class _Subclassed(keras_steps.StepModel):
+    def __init__(self, classes, hidden, **kwargs):
+        super().__init__(**kwargs)
+        self.stack = _layers(classes, hidden)
+
+    def call(self, x):
+        for layer in self.stack:
+            x = layer(x)
+        return x
+
+
+def classifier(
+    step, options=None, *, form="functional", input_shape=(8,), classes=3, hidden=16
+):
+    """A small softmax classifier under ``step``, in one of the StepModel forms."""
+    if form == "functional":
+        inputs = keras.Input(shape=input_shape)
+        x = inputs
+        for layer in _layers(classes, hidden):
+            x = layer(x)
+        return keras_steps.StepModel(inputs, x, step=step, step_options=options)
+    if form == "wrapper":
+        network = keras.Sequential(
+            [keras.Input(shape=input_shape), *_layers(classes, hidden)]
+        )
+        return keras_steps.StepModel(
+            models={"model": network}, step=step, step_options=options
+        )
+    if form == "subclassed":
+        # Keywords: two positional arguments would read as (inputs, outputs),
+        # as with keras.Model.
+        model = _Subclassed(
+            classes=classes, hidden=hidden, step=step, step_options=options
+        )
+        model(np.zeros((1, *input_shape), dtype="float32"))
+        return model
+    raise AssertionError(form)
+
+
+def check_form(step, options, form, x, y, **model_kwargs):
+    """fit, evaluate and predict work and training lowers the loss."""
+    model = classifier(
+        step, options, form=form, input_shape=x.shape[1:], **model_kwargs
+    )
+    model.compile(
+        keras.optimizers.Adam(0.02),
+        "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    before = model.evaluate(x, y, verbose=0, return_dict=True)
+    history = model.fit(x, y, batch_size=32, epochs=8, verbose=0).history
+    after = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert history["loss"][-1] < history["loss"][0]
+    assert after["loss"] < 0.7 * before["loss"], (before, after)
+    assert after["accuracy"] > 0.8, after
+    predictions = model.predict(x[:5], verbose=0)
+    assert predictions.shape == (5, model_kwargs.get("classes", 3))
+    np.testing.assert_allclose(predictions.sum(axis=1), 1.0, rtol=1e-5)
+    return history, after
+
+
+# -- optimizer options ---------------------------------------------------------
+def _weights_after(step, options, optimizer, batches, x, y):
+    keras.utils.set_random_seed(7)
+    model = classifier(step, options, input_shape=x.shape[1:])
+    model.compile(optimizer, "sparse_categorical_crossentropy")
+    initial = [v.numpy().copy() for v in model.trainable_weights]
+    if batches:
+        model.fit(
+            x,
+            y,
+            batch_size=16,
+            epochs=1,
+            steps_per_epoch=batches,
+            shuffle=False,
+            verbose=0,
+        )
+    return initial, [v.numpy().copy() for v in model.trainable_weights]
+
+
+def _deltas(a, b):
+    return [bi - ai for ai, bi in zip(a, b, strict=True)]
+
+
+def _global_norm(arrays):
+    return math.sqrt(sum(float(np.sum(a.astype("float64") ** 2)) for a in arrays))
+
+
+def check_optimizer_option(step, options, option, x, y):
+    """The Keras optimizer ``option`` visibly shapes the step's updates."""
+    sgd = keras.optimizers.SGD
+    w0, plain = _weights_after(step, options, sgd(1.0), 1, x, y)
+    plain_deltas = _deltas(w0, plain)
+    if option == "clipnorm":
+        _, clipped = _weights_after(step, options, sgd(1.0, clipnorm=1e-3), 1, x, y)
+        assert max(np.linalg.norm(d) for d in plain_deltas) > 1e-2
+        for d in _deltas(w0, clipped):
+            assert np.linalg.norm(d) <= 1e-3 * (1 + 1e-4)
+    elif option == "global_clipnorm":
+        _, clipped = _weights_after(
+            step, options, sgd(1.0, global_clipnorm=1e-3), 1, x, y
+        )
+        assert _global_norm(plain_deltas) > 1e-2
+        np.testing.assert_allclose(_global_norm(_deltas(w0, clipped)), 1e-3, rtol=1e-3)
+    elif option == "gradient_accumulation_steps":
+        _, one = _weights_after(
+            step, options, sgd(1.0, gradient_accumulation_steps=2), 1, x, y
+        )
+        _, two = _weights_after(
+            step, options, sgd(1.0, gradient_accumulation_steps=2), 2, x, y
+        )
+        assert _global_norm(_deltas(w0, one)) == 0.0
+        assert _global_norm(_deltas(w0, two)) > 1e-3
+    elif option == "use_ema":
+        _, w2 = _weights_after(step, options, sgd(1.0), 2, x, y)
+        _, ema = _weights_after(
+            step, options, sgd(1.0, use_ema=True, ema_momentum=0.9), 2, x, y
+        )
+        # Keras's EMA starts at the first updated weights, then averages.
+        for e, a, b in zip(ema, plain, w2, strict=True):
+            np.testing.assert_allclose(e, 0.9 * a + 0.1 * b, rtol=1e-4, atol=1e-6)
+        assert _global_norm(_deltas(w2, ema)) > 1e-3
+    else:
+        raise AssertionError(option)
+
+
+# -- metrics -------------------------------------------------------------------
+class _ZeroAtEpochStart(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        results = self.model.get_metrics_result()
+        self.seen.append(results)
+        for name, value in results.items():
+            assert float(value) == 0.0, (epoch, name, value)
+
+
+def check_metrics_reset(step, options, expected_names):
+    """Every metric restarts at each epoch and at each evaluate()."""
+    x, y = blobs()
+    model = classifier(step, options)
+    model.compile(
+        keras.optimizers.Adam(0.01),
+        "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    callback = _ZeroAtEpochStart()
+    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[callback])
+    assert len(callback.seen) == 2
+    assert set(expected_names) <= set(history.history), history.history.keys()
+    for name in expected_names:
+        assert all(math.isfinite(v) for v in history.history[name])
+    a, b = (x[: len(x) // 2], y[: len(y) // 2]), (x[len(x) // 2 :], y[len(y) // 2 :])
+    first_b = model.evaluate(*b, verbose=0, return_dict=True)
+    model.evaluate(*a, verbose=0, return_dict=True)
+    again_b = model.evaluate(*b, verbose=0, return_dict=True)
+    assert set(expected_names) <= set(first_b), first_b.keys()
+    for name, value in first_b.items():
+        np.testing.assert_allclose(again_b[name], value, rtol=1e-5, err_msg=name)
+
+
+# -- mixed precision -----------------------------------------------------------
+def check_mixed_precision(step, options, policy, x, y, **model_kwargs):
+    """Training under ``policy`` is finite and lowers the loss."""
+    keras.config.set_dtype_policy(policy)
+    model = classifier(step, options, input_shape=x.shape[1:], **model_kwargs)
+    model.compile(
+        keras.optimizers.Adam(0.02),
+        "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    if policy == "mixed_float16":
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    history = model.fit(x, y, batch_size=32, epochs=6, verbose=0).history
+    for name, values in history.items():
+        assert all(math.isfinite(v) for v in values), (name, values)
+    assert history["loss"][-1] < 0.8 * history["loss"][0], history["loss"]
+    for v in model.trainable_weights:
+        assert torch.isfinite(v.value).all(), v.path
+    out = model.predict(x[:4], verbose=0)
+    assert np.isfinite(out).all()
+    assert model.compute_dtype == policy.removeprefix("mixed_")
+    return history
+
+
+# -- options and demos ---------------------------------------------------------
+def check_bad_option(step, options, field):
+    """A wrong option is an OptionsError naming the step and the field."""
+    with pytest.raises(keras_steps.OptionsError, match=rf"(?s)'{step}'.*{field}"):
+        classifier(step, options)
+
+
+def check_demo(module, out_dir):
+    """The demo, on a tiny budget, writes its accuracy curves as a real PNG."""
+    files = module.step_demo(out_dir, 1, 2)
+    assert set(files) == {"curves"}
+    with Image.open(files["curves"]) as image:
+        assert image.format == "PNG"
+        assert image.size == (480, 320)
