@@ -170,14 +170,14 @@ class StepModel(keras.Model):
     def metrics(self):
         metrics = super().metrics
         tracker = getattr(self, "_loss_tracker", None)
-        if tracker is not None and any(
-            getattr(m, "name", None) == "loss" and m is not tracker
-            for m in self.step_state.values()
-        ):
-            # A step that tracks its own "loss" replaces Keras's compile-loss
-            # tracker, which it never updates; two metrics of one name would make
-            # Keras report whichever it met last.
-            metrics = [m for m in metrics if m is not tracker]
+        own = next(
+            (m for m in self.step_state.values() if getattr(m, "name", None) == "loss"), None
+        )
+        if tracker is not None and own is not None and own is not tracker:
+            # A step that tracks its own total "loss" takes the place of Keras's
+            # compile-loss tracker (which it never updates): one "loss" metric,
+            # first, as evaluate() users expect.
+            metrics = [own if m is tracker else m for m in metrics if m is not own]
         return metrics
 
     # -- saving --------------------------------------------------------------
