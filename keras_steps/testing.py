@@ -82,8 +82,10 @@ __all__ = [
     "ConformanceError",
     "ConformanceReport",
     "ConformanceWarning",
+    "HookFindings",
     "check_step",
     "hook_problems",
+    "inspect_hooks",
     "options_problems",
     "persistence_support",
 ]
@@ -205,7 +207,43 @@ def hook_problems(plugin: Any, name: str = "plugin") -> list[str]:
         missing required hook, or a declarative hook returning something
         unusable. Empty when the plugin is sound.
     """
-    problems = []
+    findings = inspect_hooks(plugin, name)
+    return findings.problems + findings.deprecations
+
+
+@dataclasses.dataclass
+class HookFindings:
+    """What :func:`inspect_hooks` found.
+
+    Attributes:
+        problems: defects that stop the plugin from working as a step.
+        deprecations: deprecated hooks it implements (it still works).
+        step: the step resolved from the plugin, or None when it cannot be.
+    """
+
+    problems: list[str]
+    deprecations: list[str]
+    step: Step | None
+
+
+def inspect_hooks(
+    plugin: Any, name: str = "plugin", source: StepSource | None = None
+) -> HookFindings:
+    """Validate ``plugin`` against the hook specifications, apart from the registry.
+
+    Registers the plugin with a private pluggy manager, so nothing global
+    changes, and resolves it as the registry would.
+
+    Args:
+        plugin: a step plugin (module, class or instance).
+        name: the step name, used in messages.
+        source: where the plugin comes from; ``"local"`` by default.
+
+    Returns:
+        The :class:`HookFindings`.
+    """
+    source = source or StepSource("local")
+    problems, deprecations = [], []
     known = _spec_names()
     impl_attr = f"{hookspecs.PROJECT_NAME}_impl"
     for attr in known:
@@ -222,10 +260,11 @@ def hook_problems(plugin: Any, name: str = "plugin") -> list[str]:
         try:
             pm.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
-            return [*problems, f"invalid hook implementation: {_one_line(exc)}"]
+            problems.append(f"invalid hook implementation: {_one_line(exc)}")
+            return HookFindings(problems, deprecations, None)
     for w in caught:
         if issubclass(w.category, hookspecs.HookDeprecationWarning):
-            problems.append(f"{w.message} (implemented at {w.filename}:{w.lineno})")
+            deprecations.append(f"{w.message} (implemented at {w.filename}:{w.lineno})")
     for caller in pm.get_hookcallers(plugin) or []:
         impls = [i for i in caller.get_hookimpls() if i.plugin is plugin]
         if not caller.has_spec():
@@ -246,13 +285,13 @@ def hook_problems(plugin: Any, name: str = "plugin") -> list[str]:
                     "step's own implementation directly, so wrappers are not "
                     "supported."
                 )
-    if problems:
-        return problems
-    try:
-        resolve_step(pm, name, plugin, StepSource("local"))
-    except StepError as exc:
-        problems.append(_one_line(exc))
-    return problems
+    step = None
+    if not problems:
+        try:
+            step = resolve_step(pm, name, plugin, source)
+        except StepError as exc:
+            problems.append(_one_line(exc))
+    return HookFindings(problems, deprecations, step)
 
 
 # -- options ------------------------------------------------------------------
