@@ -68,6 +68,7 @@ import keras
 import numpy as np
 import pluggy
 import pydantic
+import torch
 
 from keras_steps import hookspecs
 from keras_steps._errors import OptionsError, StepError
@@ -449,8 +450,15 @@ def persistence_support() -> tuple[bool, str]:
 # -- the dynamic checks -------------------------------------------------------
 
 
-def _numpy(variable: Any) -> np.ndarray:
-    return np.array(keras.ops.convert_to_numpy(variable))
+def _numpy(value: Any) -> np.ndarray:
+    # Not keras.ops.convert_to_numpy: its np.array(tensor) makes NumPy 2 warn
+    # about torch's __array__, once per variable, in the plugin's test run.
+    if isinstance(value, keras.Variable):
+        value = value.value
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+    return np.asarray(value)
 
 
 def _default_data(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -479,7 +487,7 @@ def _length(x: Any) -> int | None:
 
 def _all_finite(structure: Any) -> bool:
     return all(
-        np.all(np.isfinite(np.asarray(keras.ops.convert_to_numpy(v), dtype="float64")))
+        np.all(np.isfinite(np.asarray(_numpy(v), dtype="float64")))
         for v in keras.tree.flatten(structure)
     )
 
@@ -882,8 +890,8 @@ def _paired(a: dict, b: dict):
 def _max_rel_diff(a: list[Any], b: list[Any]) -> float:
     worst = 0.0
     for x, y in zip(a, b, strict=True):
-        x = np.asarray(keras.ops.convert_to_numpy(x), dtype="float64")
-        y = np.asarray(keras.ops.convert_to_numpy(y), dtype="float64")
+        x = np.asarray(_numpy(x), dtype="float64")
+        y = np.asarray(_numpy(y), dtype="float64")
         if x.shape != y.shape:
             return float("inf")
         scale = np.maximum(np.abs(x), np.abs(y)).max(initial=0.0)
