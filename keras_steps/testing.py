@@ -457,8 +457,11 @@ def _numpy(value: Any) -> np.ndarray:
         value = value.value
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu()
-        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
-    return np.asarray(value)
+        value = value.float() if value.dtype == torch.bfloat16 else value
+        # A copy: .numpy() shares memory, and an in-place update of the
+        # variable would change a "before" snapshot too.
+        return value.numpy().copy()
+    return np.array(value)
 
 
 def _default_data(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -851,10 +854,17 @@ class _Checker:
                 f"options changed in the round trip: {model.step_options!r} became "
                 f"{loaded.step_options!r}."
             )
-        groups = {
-            "weight": (model.variables, loaded.variables),
-            "metric": (model.metrics_variables, loaded.metrics_variables),
-        }
+        # The step's own trackers; Keras restores no state of compile()'s
+        # metrics, for keras.Model either, so those are left out.
+        groups = {"weight": (model.variables, loaded.variables)}
+        for key, tracker in model.step_state.items():
+            if not isinstance(tracker, keras.metrics.Metric):
+                continue
+            other = loaded.step_state.get(key)
+            if other is None:
+                problems.append(f"step_state[{key!r}] is missing after loading.")
+                continue
+            groups[f"step_state[{key!r}] metric"] = (tracker.variables, other.variables)
         for role, opt in model.optimizers.items():
             other = loaded.optimizers.get(role)
             if other is None:
