@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pathlib
@@ -73,7 +72,7 @@ def options_table(step: keras_steps.Step) -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     for row in rows:
-        default = json.dumps(row["default"]) if row["default"] is not None else "None"
+        default = repr(row["default"])  # as written in step_options={...}
         lines.append(
             f"| `{row['name']}` | {_cell(row['type'])} | `{_cell(default)}` | "
             f"{_cell(_constraints(props.get(row['name'], {})))} | "

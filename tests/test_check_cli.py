@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from plugin_dists import make_distribution
+from plugin_factory import write_distribution
 
 from keras_steps import _cli, hookspecs
 
@@ -66,16 +66,14 @@ NO_DEFAULTS = SOUND.replace('Field(1.0, gt=0, description="Unused.")', "Field(gt
 @pytest.fixture
 def site(tmp_path, monkeypatch):
     """A site-packages folder on sys.path, and a clean plugin environment."""
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.delenv("KERAS_STEPS_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     monkeypatch.delenv("KERAS_STEPS_LOAD_PLUGINS", raising=False)
     return tmp_path
 
 
-def _dist(site, dist, step, module, source, version="1.0"):
-    make_distribution(
-        site, dist, {step: module}, {f"{module}.py": source}, version=version
-    )
+def _dist(root, dist, step, module, source, version="1.0"):
+    return write_distribution(root, dist, {module: source}, {step: module}, version)
 
 
 def _check(capsys, *args):
@@ -126,9 +124,7 @@ def test_broken_plugins_are_each_reported_and_exit_nonzero(site, capsys):
     rc, result = _check(capsys, "--json")
     assert rc == 1 and result["ok"] is False
     assert _plugin(result, "sound-step")["ok"] is True
-    assert (
-        _plugin(result, "sound-step")["options"]["properties"]["scale"]["default"] == 1
-    )
+    assert _plugin(result, "sound-step")["options"]["properties"]["scale"]["default"] == 1
     assert list(_plugin(result, "broken")["errors"]) == ["import"]
     assert list(_plugin(result, "typo")["errors"]) == ["hooks"]
     assert list(_plugin(result, "nodefaults")["errors"]) == ["options"]
@@ -188,14 +184,12 @@ def test_deprecated_hooks_warn_without_failing(site, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_console_script_reports_installed_plugins(tmp_path):
-    _dist(tmp_path, "ks-broken", "broken", "ks_broken_cli", "raise RuntimeError('x')\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "KERAS_BACKEND": "torch"}
+    site = _dist(tmp_path, "ks-broken", "broken", "ks_broken_cli", "raise RuntimeError('x')\n")
+    env = {**os.environ, "PYTHONPATH": str(site), "KERAS_BACKEND": "torch"}
     env.pop("KERAS_STEPS_LOAD_PLUGINS", None)
     env.pop("KERAS_STEPS_DISABLE_PLUGIN_AUTOLOAD", None)
     script = os.path.join(os.path.dirname(sys.executable), "keras-steps")
-    done = subprocess.run(
-        [script, "check", "--json"], env=env, capture_output=True, text=True
-    )
+    done = subprocess.run([script, "check", "--json"], env=env, capture_output=True, text=True)
     assert done.returncode == 1, done.stderr
     result = json.loads(done.stdout)
     assert "RuntimeError: x" in _plugin(result, "broken")["errors"]["import"][0]

@@ -100,7 +100,7 @@ def test_options_table_is_generated_from_the_schema():
     assert (
         table[2] == "| `rate` | number | `0.05` | > 0, ≤ 1 | A rate \\| with a pipe. |"
     )
-    assert table[3] == '| `mode` | string | `"a"` |  | A mode. |'
+    assert table[3] == "| `mode` | string | `'a'` |  | A mode. |"
     assert table[4] == "| `seed` | integer \\| null | `None` | ≥ 0 | A seed, or None. |"
     assert hooks.options_table(keras_steps.get_step("supervised")) == (
         "This step takes no options."

@@ -1,0 +1,73 @@
+"""Builds small plugin distributions on disk, as an installed package would look."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import textwrap
+
+GOOD_STEP = '''
+"""A step that trains the single network with plain mean squared error."""
+import keras
+import keras_steps
+from pydantic import Field
+
+
+class Options(keras_steps.StepOptions):
+    scale: float = Field(1.0, gt=0, description="Multiplier of the loss.")
+
+
+@keras_steps.hookimpl
+def step_options():
+    return Options
+
+
+@keras_steps.hookimpl
+def step_build(model):
+    return {"loss": keras.metrics.Mean(name="loss")}
+
+
+@keras_steps.hookimpl
+def train_step(model, data, options):
+    x, y = data
+    loss = options.scale * keras.ops.mean(keras.ops.square(model(x, training=True) - y))
+    keras_steps.backprop(loss, model.optimizer, model.trainable_weights)
+    model.step_state["loss"].update_state(loss)
+    return {"loss": model.step_state["loss"].result()}
+
+
+@keras_steps.hookimpl
+def test_step(model, data, options):
+    x, y = data
+    loss = options.scale * keras.ops.mean(keras.ops.square(model(x) - y))
+    model.step_state["loss"].update_state(loss)
+    return {"loss": model.step_state["loss"].result()}
+'''
+
+
+def write_distribution(
+    root: pathlib.Path,
+    dist: str,
+    modules: dict[str, str],
+    entry_points: dict[str, str],
+    version: str = "1.0",
+) -> pathlib.Path:
+    """Write importable ``modules`` and a dist-info declaring ``entry_points``.
+
+    Returns the folder to put on ``sys.path``.
+    """
+    site = root / "site"
+    site.mkdir(parents=True, exist_ok=True)
+    for name, code in modules.items():
+        (site / f"{name}.py").write_text(textwrap.dedent(code))
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    lines = "".join(f"{k} = {v}\n" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[keras_steps]\n{lines}")
+    return site
+
+
+def forget_modules(names) -> None:
+    for name in names:
+        sys.modules.pop(name, None)
