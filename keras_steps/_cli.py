@@ -1,4 +1,4 @@
-"""The ``keras-steps`` command: list, show and demo steps."""
+"""The ``keras-steps`` command: list, show, check and demo steps."""
 
 from __future__ import annotations
 
@@ -136,6 +136,17 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_check(args) -> int:
+    from keras_steps._check import check_plugins, format_report
+
+    result = check_plugins()
+    if args.json:
+        print(json.dumps(result, indent=2, default=repr))
+    else:
+        print(format_report(result))
+    return 0 if result["ok"] else 1
+
+
 def _positive(value: str) -> int:
     n = int(value)
     if n < 1:
@@ -155,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_show)
+    p = sub.add_parser(
+        "check",
+        help="import and validate every installed step plugin; exit 1 on problems",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_check)
     p = sub.add_parser("demo", help="train a step on embedded data and draw the result")
     p.add_argument("name")
     p.add_argument("--epochs", type=_positive, default=None, help="epochs (default: the demo's)")

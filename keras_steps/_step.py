@@ -124,6 +124,10 @@ def resolve_step(
     """
     hooks: dict[str, Callable[..., Any]] = {}
     for caller in pm.get_hookcallers(plugin) or []:
+        if not caller.has_spec():
+            # An optionalhook=True implementation of a hook this version does
+            # not define (a plugin written for a newer keras-steps): unused.
+            continue
         for impl in caller.get_hookimpls():
             if impl.plugin is plugin:
                 hooks[caller.name] = _full_signature_caller(impl, _spec_args(caller.name))

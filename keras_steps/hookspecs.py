@@ -11,18 +11,36 @@ Implementations may accept any subset of a hook's arguments, in any order,
 as pluggy allows. Only ``train_step`` and ``test_step`` are required; every
 other hook has the default documented with it.
 
-Each hook says in which keras-steps version it appeared. A newer keras-steps
-only ever adds optional hooks, so a plugin written against an older version
-keeps working.
+Versioning: each hook's docstring ends with the keras-steps version that
+added it ("Added in 0.1."; :func:`hook_versions` reads them). A newer
+keras-steps only ever adds *optional* hooks, so a plugin written against an
+older version keeps working. A hook on its way out stays callable for at least
+one minor version and is marked with :func:`deprecated`: registering a plugin
+that implements it emits a :class:`HookDeprecationWarning` pointing at the
+implementation (pluggy's ``warn_on_impl``), its docstring says "Deprecated in
+X.Y." and :data:`DEPRECATED` lists it. A plugin that implements a hook added
+in a newer keras-steps than the one installed can mark it
+``@hookimpl(optionalhook=True)`` to keep loading on older versions.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pluggy
 
-__all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
+__all__ = [
+    "DEPRECATED",
+    "PROJECT_NAME",
+    "HookDeprecationWarning",
+    "deprecated",
+    "hook_versions",
+    "hookimpl",
+    "hookspec",
+]
 
 #: The pluggy project name; markers of other projects are ignored.
 PROJECT_NAME = "keras_steps"
@@ -32,6 +50,55 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 #: Marks a function of this module as a hook specification.
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+
+class HookDeprecationWarning(DeprecationWarning):
+    """A plugin implements a hook that a later keras-steps will remove.
+
+    Emitted when the plugin is registered, with the file and line of the
+    implementation. Python hides ``DeprecationWarning`` from end users outside
+    ``__main__``; pytest and ``keras-steps check`` show it to plugin authors,
+    and the conformance kit (:mod:`keras_steps.testing`) fails on it.
+    """
+
+
+#: Deprecated hooks: hook name -> (version that deprecated it, what to do
+#: instead). Filled by :func:`deprecated`; empty while no hook is deprecated.
+DEPRECATED: dict[str, tuple[str, str]] = {}
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def deprecated(since: str, instead: str) -> Callable[[_F], _F]:
+    """Mark a hook specification as deprecated (decorate above ``@hookspec``).
+
+    The hook keeps working. Registering a plugin that implements it emits a
+    :class:`HookDeprecationWarning` through pluggy's ``warn_on_impl``, and the
+    hook is added to :data:`DEPRECATED`. Also write "Deprecated in X.Y." and
+    the replacement into the hook's docstring, which the documentation shows.
+
+    Args:
+        since: the keras-steps version that deprecated the hook.
+        instead: what plugin authors should do instead, as a sentence.
+
+    Returns:
+        A decorator for a function already marked with ``@hookspec``.
+    """
+
+    def mark(spec: _F) -> _F:
+        opts = getattr(spec, f"{PROJECT_NAME}_spec", None)
+        if opts is None:
+            raise TypeError(
+                f"@deprecated must be applied above @hookspec, on {spec.__name__}."
+            )
+        opts["warn_on_impl"] = HookDeprecationWarning(
+            f"Hook {spec.__name__!r} is deprecated since keras-steps {since} and "
+            f"will be removed in a later version. {instead}"
+        )
+        DEPRECATED[spec.__name__] = (since, instead)
+        return spec
+
+    return mark
 
 
 @hookspec(firstresult=True)
@@ -239,3 +306,28 @@ def step_demo(out_dir: Any, epochs: Any, steps: Any) -> Any:
 
     Added in 0.1.
     """
+
+
+_ADDED = re.compile(r"Added in (\d+(?:\.\d+)+)\.")
+
+
+def hook_versions() -> dict[str, str]:
+    """Return each hook's name mapped to the keras-steps version that added it.
+
+    Read from the "Added in X.Y." line of each hook's docstring, so the
+    documentation and this table cannot disagree.
+
+    Raises:
+        RuntimeError: a hook's docstring lacks the line.
+    """
+    versions = {}
+    for name, spec in sorted(globals().items()):
+        if getattr(spec, f"{PROJECT_NAME}_spec", None) is None:
+            continue
+        found = _ADDED.search(inspect.getdoc(spec) or "")
+        if found is None:
+            raise RuntimeError(
+                f"Hook {name!r} does not say in which version it was added."
+            )
+        versions[name] = found.group(1)
+    return versions
