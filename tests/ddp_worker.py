@@ -35,9 +35,10 @@ GLOBAL_BATCH = 16
 LATENT = 3
 OUT = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(".")
 
-if os.environ.get("DDP_TEST_BACKEND") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-    # The device check runs two ranks on one GPU, which NCCL refuses: it
-    # initialises the group itself (gloo on CUDA tensors), as a user may.
+if os.environ.get("DDP_TEST_BACKEND") and "RANK" in os.environ:
+    # scripts/ddp-gpu-check.sh: one GPU takes one NCCL rank, or two gloo ranks
+    # (NCCL refuses two ranks on one device). The script initialises the group
+    # itself, as a user may; StepModel uses it as it is.
     dist.init_process_group(os.environ["DDP_TEST_BACKEND"])
 
 
