@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 import torch
 import torch.distributed as dist
 from keras.src import tree
@@ -412,6 +413,41 @@ def is_array_data(data: Any) -> bool:
     return array_data_adapter.can_convert_arrays(data)
 
 
+def check_same_arrays(data: Any, what: str) -> None:
+    """Refuse arrays that differ between ranks, before sharding them.
+
+    Every rank takes its rows from its own copy, so the copies must be equal:
+    unseeded random data or a per-rank file would silently train on a mix of
+    datasets, and unequal lengths would make ranks run different numbers of
+    steps. Compares the row counts and up to 64 evenly spaced rows per array.
+    """
+    rows, total, squares = 0.0, 0.0, 0.0
+    for array in tree.flatten(data):
+        if array is None:
+            continue
+        n = len(array)
+        picked = array.iloc if hasattr(array, "iloc") else array
+        sample = picked[np.linspace(0, n - 1, min(n, 64)).astype(int)] if n else array[:0]
+        sample = sample.cpu().numpy() if isinstance(sample, torch.Tensor) else np.asarray(sample)
+        rows += n
+        if np.issubdtype(sample.dtype, np.number) or sample.dtype == bool:
+            sample = sample.astype(np.float64)
+            total += float(sample.sum())
+            squares += float((sample**2).sum())
+    mine = torch.tensor([rows, total, squares], dtype=torch.float64)
+    (rank0,) = _broadcast(f"comparison of {what} across ranks", [mine])
+    differs = torch.tensor([0.0 if torch.equal(mine, rank0) else 1.0], dtype=torch.float64)
+    (count,) = _all_reduce_sum(f"comparison of {what} across ranks", [differs])
+    if count.item() > 0:
+        raise DistributedError(
+            f"keras_steps, rank {rank()} of {world_size()}: the {what} differ between ranks "
+            f"({int(count.item())} rank(s) differ from rank 0: rows {mine[0]:.0f} here, "
+            f"{rank0[0]:.0f} on rank 0). fit() and evaluate() give each rank its share of "
+            "the arrays, so every rank must pass the same ones: seed random data or load it "
+            "identically, or pass a DataLoader with a DistributedSampler."
+        )
+
+
 def _warn_unsharded_loader(x: Any) -> None:
     loader = x if isinstance(x, torch.utils.data.DataLoader) else None
     if loader is None or isinstance(loader.dataset, torch.utils.data.IterableDataset):
@@ -462,6 +498,7 @@ def fit_arguments(model: Any, args: dict[str, Any]) -> dict[str, Any]:
         )
         args["validation_split"] = 0.0
     if is_array_data((x, y, sample_weight)):
+        check_same_arrays((x, y, sample_weight), "training arrays")
         args["x"], args["y"], args["sample_weight"] = shard((x, y, sample_weight), True)
     else:
         _warn_unsharded_loader(x)
@@ -469,6 +506,7 @@ def fit_arguments(model: Any, args: dict[str, Any]) -> dict[str, Any]:
     if val is not None and isinstance(val, (tuple, list)):
         val = unpack_x_y_sample_weight(tuple(val))
         if is_array_data(val):
+            check_same_arrays(val, "validation arrays")
             args["validation_data"] = shard(val, False)
     _rank_zero_output(args)
     args["callbacks"].append(_DistributedRun(_distributed_sampler(x)))
@@ -481,6 +519,7 @@ def evaluate_arguments(model: Any, args: dict[str, Any]) -> dict[str, Any]:
         return args  # inside fit(): data already sharded, callbacks already set
     data = (args.get("x"), args.get("y"), args.get("sample_weight"))
     if is_array_data(data):
+        check_same_arrays(data, "evaluation arrays")
         args["x"], args["y"], args["sample_weight"] = shard(data, False)
     else:
         _warn_unsharded_loader(args.get("x"))

@@ -88,7 +88,8 @@ def supervised():
     x = rng.normal(size=(62, 5)).astype("float32")
     y = (x @ rng.normal(size=(5, 2)) + 0.1).astype("float32")
     weights = rng.uniform(0.5, 1.5, size=(62,)).astype("float32")
-    x_val = rng.normal(size=(13, 5)).astype("float32")  # odd: ranks get 7 and 6 rows
+    # 17 rows: rank 0 evaluates 9 in 2 batches, rank 1 8 in 1 batch.
+    x_val = rng.normal(size=(17, 5)).astype("float32")
     y_val = (x_val @ rng.normal(size=(5, 2))).astype("float32")
 
     seed_model_init()
@@ -96,6 +97,14 @@ def supervised():
     hidden = keras.layers.Dense(8, activation="tanh")(inputs)
     model = keras_steps.StepModel(inputs, keras.layers.Dense(2)(hidden))
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9), loss="mse", metrics=["mae"])
+    if world() > 1:
+        # Unseeded data: each rank would shard its own, different arrays.
+        try:
+            model.fit(x + rank(), y, batch_size=BATCH, verbose=0)
+            refused = ""
+        except keras_steps.DistributedError as err:
+            refused = str(err)
+        (OUT / f"refused_rank{rank()}.txt").write_text(refused)
     trace = WeightTrace()
     callbacks = [
         trace,

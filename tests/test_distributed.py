@@ -88,10 +88,10 @@ def test_history_and_evaluate_cover_all_ranks(runs):
         got = _record(ddp, "supervised", rank)
         for key, values in want["history"].items():
             np.testing.assert_allclose(got["history"][key], values, rtol=1e-5, err_msg=key)
-        # 13 validation rows: 7 on rank 0, 6 on rank 1, weighted exactly.
+        # 17 validation rows: 9 (2 batches) on rank 0, 8 (1 batch) on rank 1.
         for key, value in want["evaluate"].items():
             assert got["evaluate"][key] == pytest.approx(value, rel=1e-5), key
-        assert got["predict_rows"] == 13
+        assert got["predict_rows"] == 17
     for name in ("gan", "wgan_gp"):
         for key, values in _record(ref, name)["history"].items():
             got = _record(ddp, name, 1)["history"][key]
@@ -109,6 +109,15 @@ def test_only_rank_zero_prints_and_writes_files(runs):
     # BackupAndRestore: rank 0 kept the backup and every rank resumed at epoch 2.
     for rank in (0, 1):
         assert len(_record(ddp, "resume", rank)["history"]["loss"]) == 2
+
+
+@pytest.mark.slow
+def test_arrays_that_differ_between_ranks_are_refused(runs):
+    _, ddp, _ = runs
+    for rank in (0, 1):
+        message = (ddp / f"refused_rank{rank}.txt").read_text()
+        assert f"rank {rank} of 2: the training arrays differ between ranks" in message
+        assert "every rank must pass the same ones" in message
 
 
 @pytest.mark.slow
