@@ -66,8 +66,8 @@ def select_device() -> None:
     """Pin this process to its GPU (``LOCAL_RANK``) before any tensor exists.
 
     Keras puts variables on ``"cuda"``, the current device, so it must be
-    this rank's own before the first layer is built. ``KERAS_TORCH_DEVICE``,
-    when the user set it, wins.
+    this rank's own before the first layer is built. A ``KERAS_TORCH_DEVICE``
+    that the user set wins.
     """
     local_rank = os.environ.get("LOCAL_RANK")
     if local_rank is None or not torch.cuda.is_available():
@@ -81,7 +81,6 @@ def select_device() -> None:
             f"{torch.cuda.device_count()} GPU(s): start at most that many processes "
             "per node (torchrun --nproc_per_node), or set KERAS_TORCH_DEVICE."
         )
-    os.environ["KERAS_TORCH_DEVICE"] = f"cuda:{device}"
     torch.cuda.set_device(device)
 
 

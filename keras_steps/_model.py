@@ -109,6 +109,7 @@ class StepModel(keras.Model):
         self._predict_hook = step.hooks.get("predict_step")
         self._call_hook = step.hooks.get("step_call")
         self._step_optimizers: dict[str, Any] = {}
+        self._trained_state = _distributed.TrainedState()
         if models is None:
             if len(step.model_roles) != 1:
                 raise RoleError(
@@ -254,8 +255,9 @@ class StepModel(keras.Model):
 
     def make_train_function(self, force=False):
         self._build_role_optimizers()
-        for optimizer in self.optimizers.values():
-            _distributed.average_gradients_in(optimizer)
+        if _distributed.is_active():
+            for optimizer in self.optimizers.values():
+                _distributed.average_gradients_in(optimizer)
         self._trained_state = _distributed.TrainedState()
         return super().make_train_function(force=force)
 

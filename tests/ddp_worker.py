@@ -169,6 +169,28 @@ def supervised():
     )
 
 
+# -- mixed precision: a LossScaleOptimizer around the averaged gradients -----------------
+def mixed_precision():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(48, 4)).astype("float32")
+    y = (x @ rng.normal(size=(4, 1))).astype("float32")
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        seed_model_init()
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(8, activation="tanh")(inputs)
+        model = keras_steps.StepModel(inputs, keras.layers.Dense(1, dtype="float32")(hidden))
+        model.compile(keras.optimizers.SGD(0.05), loss="mse")
+        trace = WeightTrace()
+        history = model.fit(
+            x, y, batch_size=BATCH, epochs=2, shuffle=False, callbacks=[trace], verbose=0
+        )
+        scale = float(np.asarray(model.optimizer.dynamic_scale))
+        save("mixed", model, history, trace=trace.sums, loss_scale=scale)
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
 # -- gan: two networks, two optimizers, two phases per batch ---------------------------
 _bce = keras.losses.BinaryCrossentropy(from_logits=True)
 
@@ -442,6 +464,7 @@ if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
     if scenario == "train":
         supervised()
+        mixed_precision()
         gans()
         distillation()
         resume()
