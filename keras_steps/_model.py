@@ -55,9 +55,10 @@ class StepModel(keras.Model):
         step_options: the validated options (a pydantic model).
         step_state: what the step's ``step_build`` hook created (metric
             trackers, seed generators), or an empty dict.
-        models: read-only mapping from model role to network (``self`` for the functional
-            and subclassed forms).
-        optimizers: read-only mapping from optimizer role to optimizer, after ``compile``.
+        models: read-only mapping from model role to network (``self`` for
+            the functional and subclassed forms).
+        optimizers: read-only mapping from optimizer role to optimizer,
+            after ``compile``.
 
     Under ``torchrun`` with several processes, ``fit`` and ``evaluate`` are
     data-parallel with no change to the script: see ``docs/distributed.md``.
