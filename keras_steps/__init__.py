@@ -13,9 +13,16 @@ from keras_steps._backend import require_torch_backend
 
 require_torch_backend()
 
+from keras_steps import _distributed  # noqa: E402
+
+# Under torchrun, each process takes its own GPU before any layer is built.
+_distributed.select_device()
+
 from keras_steps._backprop import backprop  # noqa: E402
+from keras_steps._distributed import batch_random  # noqa: E402
 from keras_steps._errors import (  # noqa: E402
     BackendError,
+    DistributedError,
     OptionsError,
     PluginError,
     RoleError,
@@ -42,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ENTRY_POINT_GROUP",
     "BackendError",
+    "DistributedError",
     "OptionsError",
     "PluginError",
     "PluginLoadWarning",
@@ -55,6 +63,7 @@ __all__ = [
     "UnknownStepError",
     "__version__",
     "backprop",
+    "batch_random",
     "get_step",
     "hookimpl",
     "hookspec",

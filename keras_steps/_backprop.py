@@ -22,7 +22,9 @@ def backprop(loss: Any, optimizer: Any, variables: Sequence[Any]) -> None:
 
     Clipping, gradient accumulation and EMA stay the optimizer's business:
     ``clipnorm``, ``global_clipnorm``, ``gradient_accumulation_steps`` and
-    ``use_ema`` apply unchanged.
+    ``use_ema`` apply unchanged. Under ``torchrun`` the optimizer averages
+    the gradients over all processes before it applies them (a
+    ``StepModel``'s optimizers do; see ``docs/distributed.md``).
 
     Args:
         loss: a scalar torch tensor.

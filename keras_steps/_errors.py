@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "DistributedError",
     "OptionsError",
     "PluginError",
     "RoleError",
@@ -43,3 +44,8 @@ class RoleError(StepError):
 
 class PluginError(StepError):
     """A plugin does not implement the step hooks correctly."""
+
+
+class DistributedError(StepError, RuntimeError):
+    """Data-parallel training failed: a collective timed out or lost a rank, or
+    torchrun's environment does not fit this machine."""

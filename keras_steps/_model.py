@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -12,7 +13,7 @@ from keras.src.models.model import Trainer as _BackendTrainer
 from keras.src.models.model import functional_init_arguments
 from keras.src.utils import python_utils
 
-from keras_steps import _saving
+from keras_steps import _distributed, _saving
 from keras_steps._errors import RoleError, StepError
 from keras_steps._options import StepOptions
 from keras_steps._registry import get_step
@@ -63,9 +64,13 @@ class StepModel(keras.Model):
         step_options: the validated options (a pydantic model).
         step_state: what the step's ``step_build`` hook created (metric
             trackers, seed generators), or an empty dict.
-        models: dict from model role to network (``self`` for the functional
-            and subclassed forms).
-        optimizers: dict from optimizer role to optimizer, after ``compile``.
+        models: read-only mapping from model role to network (``self`` for
+            the functional and subclassed forms).
+        optimizers: read-only mapping from optimizer role to optimizer,
+            after ``compile``.
+
+    Under ``torchrun`` with several processes, ``fit`` and ``evaluate`` are
+    data-parallel with no change to the script: see ``docs/distributed.md``.
 
     Raises:
         UnknownStepError, OptionsError, RoleError: bad ``step``,
@@ -98,6 +103,7 @@ class StepModel(keras.Model):
         else:
             resolved = get_step(step)
             options = resolved.validate_options(step_options)
+        _distributed.setup()
         functional = functional_init_arguments(args, kwargs)
         if functional and models is not None:
             raise RoleError(
@@ -119,6 +125,7 @@ class StepModel(keras.Model):
         self._predict_hook = step.hooks.get("predict_step")
         self._call_hook = step.hooks.get("step_call")
         self._step_optimizers: dict[str, Any] = {}
+        self._trained_state = _distributed.TrainedState()
         if models is None:
             if len(step.model_roles) != 1:
                 raise RoleError(
@@ -152,19 +159,20 @@ class StepModel(keras.Model):
 
     @property
     def models(self) -> Mapping[str, Any]:
-        # A read-only mapping, not a dict: Keras's saving walks dict attributes,
-        # and {"model": self} would send load_model round in circles.
+        # Read-only mappings, not dicts: Keras's saving walks every attribute
+        # and descends into dicts, and {role: self} would send load_model and
+        # load_weights (so BackupAndRestore) into an endless recursion.
         if self._role_models is None:
             return MappingProxyType({self._step.model_roles[0]: self})
         return MappingProxyType(dict(self._role_models))
 
     @property
-    def optimizers(self) -> dict[str, Any]:
+    def optimizers(self) -> Mapping[str, Any]:
         if self._step_optimizers:
-            return dict(self._step_optimizers)
+            return MappingProxyType(dict(self._step_optimizers))
         if getattr(self, "optimizer", None) is None:
-            return {}
-        return {self._step.optimizer_roles[0]: self.optimizer}
+            return MappingProxyType({})
+        return MappingProxyType({self._step.optimizer_roles[0]: self.optimizer})
 
     @property
     def metrics(self):
@@ -313,20 +321,60 @@ class StepModel(keras.Model):
             if not opt.built and getattr(model, "built", False):
                 opt.build(model.trainable_variables)
 
+    def make_train_function(self, force=False):
+        self._build_role_optimizers()
+        if _distributed.is_active():
+            for optimizer in self.optimizers.values():
+                _distributed.average_gradients_in(optimizer)
+        self._trained_state = _distributed.TrainedState()
+        return super().make_train_function(force=force)
+
     def fit(self, *args, **kwargs):
+        """Train as ``keras.Model.fit``; data-parallel under ``torchrun``.
+
+        There, array data is sharded across ranks (``batch_size`` is per
+        rank), rank 0's weights are broadcast first, gradients are averaged
+        in every update, History holds metrics over all ranks, and only rank
+        0 prints or writes checkpoints. See ``docs/distributed.md``.
+        """
         # BackupAndRestore(save_freq=N) restores mid-epoch weights but Keras
         # replays that epoch from its start; resume at the right batch instead.
         args, kwargs = _saving.with_mid_epoch_resume(super().fit, args, kwargs)
-        return super().fit(*args, **kwargs)
+        args = inspect.signature(super().fit).bind(*args, **kwargs).arguments
+        if _distributed.is_active():
+            args = _distributed.fit_arguments(self, args)
+        return super().fit(**args)
 
-    fit.__doc__ = keras.Model.fit.__doc__
+    def evaluate(self, *args, **kwargs):
+        """Evaluate as ``keras.Model.evaluate``; under ``torchrun`` each rank
+        evaluates its shard of array data and the results cover all ranks
+        (every rank must call it)."""
+        args = inspect.signature(super().evaluate).bind(*args, **kwargs).arguments
+        if _distributed.is_active():
+            args = _distributed.evaluate_arguments(self, args)
+        extra = args.pop("kwargs", {})
+        return super().evaluate(**args, **extra)
 
-    def make_train_function(self, force=False):
-        self._build_role_optimizers()
-        return super().make_train_function(force=force)
+    def predict(self, *args, **kwargs):
+        """Predict as ``keras.Model.predict``. Not sharded under ``torchrun``:
+        every rank predicts all of ``x``; only rank 0 shows a progress bar."""
+        args = inspect.signature(super().predict).bind(*args, **kwargs).arguments
+        if _distributed.rank() != 0:
+            args["verbose"] = 0
+        return super().predict(**args)
 
     def train_step(self, data):
-        return self._train_hook(self, data, self._step_options)
+        logs = self._train_hook(self, data, self._step_options)
+        if _distributed.is_active():
+            # Gradients were averaged in optimizer.apply; statistics that the
+            # forward pass updates (BatchNorm) are averaged here.
+            self._trained_state.average(self)
+        return logs
+
+    def _get_metrics_result_or_logs(self, logs):
+        if _distributed.is_active():
+            return _distributed.global_logs(self, logs)
+        return super()._get_metrics_result_or_logs(logs)
 
     def test_step(self, data):
         return self._test_hook(self, data, self._step_options)

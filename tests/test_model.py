@@ -331,3 +331,21 @@ def test_step_build_must_return_dict():
     keras_steps.register_step(BadBuild(), name="badbuild")
     with pytest.raises(keras_steps.StepError, match="step_build returned list"):
         functional("badbuild")
+
+
+def test_weights_round_trip_through_a_file(tmp_path):
+    """load_weights (hence BackupAndRestore) works on every form of StepModel."""
+    inputs = keras.Input((4,))
+    functional = keras_steps.StepModel(inputs, keras.layers.Dense(1)(inputs))
+    keras_steps.register_step(TwoNets(), name="two_nets")
+    encoder = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    head = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    roles = keras_steps.StepModel(models={"encoder": encoder, "head": head}, step="two_nets")
+    for model in (functional, roles):
+        path = tmp_path / f"{model.name}.weights.h5"
+        model.save_weights(path)
+        saved = [np.array(w) for w in model.get_weights()]
+        model.set_weights([w + 1.0 for w in saved])
+        model.load_weights(path)
+        for got, want in zip(model.get_weights(), saved, strict=True):
+            np.testing.assert_array_equal(got, want)

@@ -1,0 +1,475 @@
+"""Training runs for tests/test_distributed.py, launched under torchrun or alone.
+
+    torchrun --nproc_per_node=2 --standalone tests/ddp_worker.py SCENARIO OUT
+    python tests/ddp_worker.py SCENARIO OUT       # the one-process reference
+
+Each run uses a global batch of 16: 8 per rank on two ranks, 16 alone, so
+the two runs must end with the same weights. Every rank writes what it saw
+to OUT/<name>_rank<r>.npz / .json; the test compares them.
+
+Scenarios: ``train`` (all equivalence and bookkeeping checks), ``raise``
+(rank 1 raises mid-epoch), ``hang`` (rank 1 stops answering mid-epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import keras
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import keras_steps
+
+keras.config.disable_traceback_filtering()
+
+GLOBAL_BATCH = 16
+LATENT = 3
+OUT = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(".")
+
+if os.environ.get("DDP_TEST_BACKEND") and "RANK" in os.environ:
+    # scripts/ddp-gpu-check.sh: one GPU takes one NCCL rank, or two gloo ranks
+    # (NCCL refuses two ranks on one device). The script initialises the group
+    # itself, as a user may; StepModel uses it as it is.
+    dist.init_process_group(os.environ["DDP_TEST_BACKEND"])
+
+
+def rank() -> int:
+    # RANK, not the process group: models are seeded before StepModel starts it.
+    return int(os.environ.get("RANK", "0"))
+
+
+def world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+BATCH = GLOBAL_BATCH // int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def seed_model_init():
+    """A different init per rank: only fit()'s broadcast can make them agree.
+
+    Rank 0's init equals the reference run's, which is seeded the same way.
+    """
+    keras.utils.set_random_seed(1 + 1000 * rank())
+
+
+def save(name, model, history=None, **extra):
+    arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
+    np.savez(OUT / f"{name}_rank{rank()}.npz", **arrays)
+    record = {"history": history.history if history is not None else None, **extra}
+    (OUT / f"{name}_rank{rank()}.json").write_text(json.dumps(record, default=float))
+
+
+class WeightTrace(keras.callbacks.Callback):
+    """A checksum of every weight after every batch, to compare across ranks."""
+
+    def __init__(self):
+        super().__init__()
+        self.sums = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.sums.append(
+            float(sum(np.asarray(w, dtype="float64").sum() for w in self.model.weights))
+        )
+
+
+# -- supervised: Keras's own train_step -------------------------------------------------
+def supervised():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(62, 5)).astype("float32")
+    y = (x @ rng.normal(size=(5, 2)) + 0.1).astype("float32")
+    weights = rng.uniform(0.5, 1.5, size=(62,)).astype("float32")
+    # 17 rows: rank 0 evaluates 9 in 2 batches, rank 1 8 in 1 batch.
+    x_val = rng.normal(size=(17, 5)).astype("float32")
+    y_val = (x_val @ rng.normal(size=(5, 2))).astype("float32")
+
+    seed_model_init()
+    inputs = keras.Input((5,))
+    hidden = keras.layers.Dense(8, activation="tanh")(inputs)
+    model = keras_steps.StepModel(inputs, keras.layers.Dense(2)(hidden))
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), loss="mse", metrics=["mae"])
+    if world() > 1:
+        # Unseeded data: each rank would shard its own, different arrays.
+        try:
+            model.fit(x + rank(), y, batch_size=BATCH, verbose=0)
+            refused = ""
+        except keras_steps.DistributedError as err:
+            refused = str(err)
+        (OUT / f"refused_rank{rank()}.txt").write_text(refused)
+    trace = WeightTrace()
+    callbacks = [
+        trace,
+        keras.callbacks.ModelCheckpoint(
+            str(OUT / f"ckpt_rank{rank()}.weights.h5"), save_weights_only=True
+        ),
+        keras.callbacks.CSVLogger(str(OUT / f"log_rank{rank()}.csv")),
+    ]
+    history = model.fit(
+        x,
+        y,
+        sample_weight=weights,
+        batch_size=BATCH,
+        epochs=2,
+        shuffle=False,
+        validation_data=(x_val, y_val),
+        callbacks=callbacks,
+        verbose=2,
+    )
+    evaluated = model.evaluate(x_val, y_val, batch_size=BATCH, return_dict=True, verbose=0)
+    # predict is not sharded: every rank gets every row.
+    predicted = model.predict(x_val, batch_size=BATCH, verbose=0)
+    save(
+        "supervised",
+        model,
+        history,
+        trace=trace.sums,
+        evaluate=evaluated,
+        predict_rows=len(predicted),
+    )
+
+    # The same data through a DataLoader with a DistributedSampler.
+    seed_model_init()
+    inputs = keras.Input((5,))
+    hidden = keras.layers.Dense(8, activation="tanh")(inputs)
+    loader_model = keras_steps.StepModel(inputs, keras.layers.Dense(2)(hidden))
+    loader_model.compile(keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+    dataset = torch.utils.data.TensorDataset(torch.from_numpy(x[:48]), torch.from_numpy(y[:48]))
+    sampler = None
+    if world() > 1:
+        sampler = torch.utils.data.DistributedSampler(dataset, shuffle=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, sampler=sampler)
+    loader_model.fit(loader, epochs=2, verbose=0)
+    save("loader", loader_model, sampler_epoch=getattr(sampler, "epoch", None))
+
+    # Reference for the loader: the same 48 rows as arrays.
+    seed_model_init()
+    inputs = keras.Input((5,))
+    hidden = keras.layers.Dense(8, activation="tanh")(inputs)
+    array_model = keras_steps.StepModel(inputs, keras.layers.Dense(2)(hidden))
+    array_model.compile(keras.optimizers.SGD(0.05, momentum=0.9), loss="mse")
+    array_model.fit(x[:48], y[:48], batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+    save("arrays48", array_model)
+
+    # A DataLoader without a DistributedSampler would feed every rank the same rows.
+    plain = torch.utils.data.DataLoader(dataset, batch_size=BATCH)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        array_model.fit(plain, epochs=1, steps_per_epoch=1, verbose=0)
+    (OUT / f"loader_warning_rank{rank()}.txt").write_text(
+        "\n".join(str(w.message) for w in caught if "DistributedSampler" in str(w.message))
+    )
+
+
+# -- mixed precision: a LossScaleOptimizer around the averaged gradients -----------------
+def mixed_precision():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(48, 4)).astype("float32")
+    y = (x @ rng.normal(size=(4, 1))).astype("float32")
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        seed_model_init()
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(8, activation="tanh")(inputs)
+        model = keras_steps.StepModel(inputs, keras.layers.Dense(1, dtype="float32")(hidden))
+        model.compile(keras.optimizers.SGD(0.05), loss="mse")
+        trace = WeightTrace()
+        history = model.fit(
+            x, y, batch_size=BATCH, epochs=2, shuffle=False, callbacks=[trace], verbose=0
+        )
+        scale = float(np.asarray(model.optimizer.dynamic_scale))
+        save("mixed", model, history, trace=trace.sums, loss_scale=scale)
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+# -- gan: two networks, two optimizers, two phases per batch ---------------------------
+_bce = keras.losses.BinaryCrossentropy(from_logits=True)
+
+
+def _x(data):
+    return data[0] if isinstance(data, (tuple, list)) else data
+
+
+class GanLike:
+    """The seed guide's GAN step, with its draws made by keras_steps.batch_random."""
+
+    @keras_steps.hookimpl
+    def step_model_roles(self):
+        return ("generator", "discriminator")
+
+    @keras_steps.hookimpl
+    def step_optimizer_roles(self):
+        return ("generator", "discriminator")
+
+    @keras_steps.hookimpl
+    def step_build(self):
+        return {
+            "d_loss": keras.metrics.Mean(name="d_loss"),
+            "g_loss": keras.metrics.Mean(name="g_loss"),
+            "seed": keras.random.SeedGenerator(7),
+        }
+
+    @keras_steps.hookimpl
+    def step_call(self, model, inputs, training):
+        return model.models["generator"](inputs, training=training)
+
+    @keras_steps.hookimpl
+    def train_step(self, model, data):
+        """A discriminator update, then a generator update through it."""
+        generator, discriminator = model.models["generator"], model.models["discriminator"]
+        state, seed = model.step_state, model.step_state["seed"]
+        real = keras.ops.convert_to_tensor(_x(data))
+        n = real.shape[0]
+        latents = keras_steps.batch_random(keras.random.normal, (n, LATENT), seed=seed)
+        with torch.no_grad():
+            fake = generator(latents, training=True)
+        d_loss = self.d_loss(discriminator, real, fake, seed)
+        keras_steps.backprop(
+            d_loss, model.optimizers["discriminator"], discriminator.trainable_weights
+        )
+        latents = keras_steps.batch_random(keras.random.normal, (n, LATENT), seed=seed)
+        g_loss = self.g_loss(discriminator(generator(latents, training=True)))
+        keras_steps.backprop(g_loss, model.optimizers["generator"], generator.trainable_weights)
+        state["d_loss"].update_state(d_loss)
+        state["g_loss"].update_state(g_loss)
+        return {"d_loss": state["d_loss"].result(), "g_loss": state["g_loss"].result()}
+
+    def d_loss(self, discriminator, real, fake, seed):
+        n = real.shape[0]
+        labels = keras.ops.concatenate([keras.ops.ones((n, 1)), keras.ops.zeros((n, 1))])
+        noise = keras_steps.batch_random(keras.random.uniform, (2 * n, 1), seed=seed, blocks=2)
+        labels = labels + 0.05 * noise
+        return _bce(labels, discriminator(keras.ops.concatenate([fake, real]), training=True))
+
+    def g_loss(self, predictions):
+        return _bce(keras.ops.zeros_like(predictions), predictions)
+
+    @keras_steps.hookimpl
+    def test_step(self, model, data):
+        real = keras.ops.convert_to_tensor(_x(data))
+        loss = _bce(keras.ops.zeros((real.shape[0], 1)), model.models["discriminator"](real))
+        model.step_state["d_loss"].update_state(loss)
+        return {"d_loss": model.step_state["d_loss"].result()}
+
+
+class WganGpLike(GanLike):
+    """A critic with a gradient penalty: a double backward in every critic update."""
+
+    def d_loss(self, critic, real, fake, seed):
+        alpha = keras_steps.batch_random(keras.random.uniform, (real.shape[0], 1), seed=seed)
+        mixed = (alpha * real + (1 - alpha) * fake).detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+        penalty = keras.ops.mean((keras.ops.norm(grad, axis=1) - 1.0) ** 2)
+        return keras.ops.mean(critic(fake)) - keras.ops.mean(critic(real)) + 10.0 * penalty
+
+    def g_loss(self, predictions):
+        return -keras.ops.mean(predictions)
+
+
+def _gan_networks():
+    generator = keras.Sequential(
+        [keras.Input((LATENT,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(4)]
+    )
+    discriminator = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)]
+    )
+    return generator, discriminator
+
+
+def gans():
+    images = np.random.default_rng(1).normal(1.0, 0.5, size=(64, 4)).astype("float32")
+    for name, step in (("gan", GanLike()), ("wgan_gp", WganGpLike())):
+        keras_steps.register_step(step, name=f"ddp_{name}")
+        seed_model_init()
+        generator, discriminator = _gan_networks()
+        model = keras_steps.StepModel(
+            models={"generator": generator, "discriminator": discriminator}, step=f"ddp_{name}"
+        )
+        model.compile(
+            optimizer={
+                "generator": keras.optimizers.SGD(0.02, momentum=0.5),
+                "discriminator": keras.optimizers.SGD(0.02, momentum=0.5),
+            }
+        )
+        trace = WeightTrace()
+        history = model.fit(
+            images, batch_size=BATCH, epochs=2, shuffle=False, callbacks=[trace], verbose=0
+        )
+        save(name, model, history, trace=trace.sums)
+
+
+# -- distillation: a frozen teacher and a student with BatchNorm ------------------------
+class DistillLike:
+    """Student learns the labels and the teacher's outputs; the teacher is frozen."""
+
+    @keras_steps.hookimpl
+    def step_model_roles(self):
+        return ("student", "teacher")
+
+    @keras_steps.hookimpl
+    def step_optimizer_roles(self):
+        return ("student",)
+
+    @keras_steps.hookimpl
+    def step_build(self):
+        return {"loss": keras.metrics.Mean(name="loss")}
+
+    @keras_steps.hookimpl
+    def step_call(self, model, inputs, training):
+        return model.models["student"](inputs, training=training)
+
+    @keras_steps.hookimpl
+    def train_step(self, model, data):
+        x, y = data
+        student, teacher = model.models["student"], model.models["teacher"]
+        out = student(x, training=True)
+        loss = keras.ops.mean((out - y) ** 2) + keras.ops.mean(
+            (out - teacher(x, training=False)) ** 2
+        )
+        keras_steps.backprop(loss, model.optimizers["student"], student.trainable_weights)
+        model.step_state["loss"].update_state(loss)
+        return {"loss": model.step_state["loss"].result()}
+
+    @keras_steps.hookimpl
+    def test_step(self, model, data):
+        x, y = data
+        model.step_state["loss"].update_state(keras.ops.mean((model(x) - y) ** 2))
+        return {"loss": model.step_state["loss"].result()}
+
+
+class CollectiveSizes(keras.callbacks.Callback):
+    """Sizes of the all-reduces made inside training steps."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes, self._on = [], False
+        original = dist.all_reduce
+
+        def recording(tensor, *args, **kwargs):
+            if self._on:
+                self.sizes.append(tensor.numel())
+            return original(tensor, *args, **kwargs)
+
+        dist.all_reduce = recording
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._on = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._on = False
+
+
+def distillation():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 6)).astype("float32")
+    y = rng.normal(size=(40, 1)).astype("float32")
+    seed_model_init()
+    teacher = keras.Sequential([keras.Input((6,)), keras.layers.Dense(7), keras.layers.Dense(1)])
+    teacher.trainable = False
+    student = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(4),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dense(1),
+        ]
+    )
+    keras_steps.register_step(DistillLike(), name="ddp_distill")
+    model = keras_steps.StepModel(
+        models={"student": student, "teacher": teacher}, step="ddp_distill"
+    )
+    model.compile(keras.optimizers.SGD(0.05))
+    teacher_before = [np.asarray(w) for w in teacher.weights]
+    sizes = CollectiveSizes() if world() > 1 else None
+    trace = WeightTrace()
+    model.fit(
+        x, y, batch_size=BATCH, epochs=1, callbacks=[trace] + ([sizes] if sizes else []), verbose=0
+    )
+    trainable = student.trainable_weights
+    bn = student.layers[1]
+    save(
+        "distill",
+        model,
+        trace=trace.sums,
+        step_sizes=sizes.sizes if sizes else [],
+        grad_size=sum(int(np.prod(v.shape)) for v in trainable) + len(trainable),
+        bn_size=sum(int(np.prod(v.shape)) for v in bn.non_trainable_weights),
+        teacher_size=sum(int(np.prod(v.shape)) for v in teacher.weights),
+        teacher_unchanged=all(
+            np.array_equal(a, np.asarray(w)) for a, w in zip(teacher_before, teacher.weights)
+        ),
+    )
+
+
+# -- BackupAndRestore: rank 0 restores, every rank resumes -------------------------------
+def resume():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(32, 3)).astype("float32")
+    y = rng.normal(size=(32, 1)).astype("float32")
+    backup = OUT / "backup"
+
+    def build():
+        seed_model_init()
+        inputs = keras.Input((3,))
+        model = keras_steps.StepModel(inputs, keras.layers.Dense(1)(inputs))
+        model.compile(keras.optimizers.SGD(0.1), loss="mse")
+        return model
+
+    first = build()
+    restore = keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False)
+    first.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, callbacks=[restore], verbose=0)
+    # A fresh model, initialised differently on each rank, picks up after epoch 1.
+    second = build()
+    restore = keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False)
+    history = second.fit(
+        x, y, batch_size=BATCH, epochs=3, shuffle=False, callbacks=[restore], verbose=0
+    )
+    save("resume", second, history, backup_written=backup.exists())
+
+
+# -- failures ------------------------------------------------------------------------
+class Misbehave(keras.callbacks.Callback):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if rank() == 1 and batch == 2:
+            if self.how == "raise":
+                raise RuntimeError("deliberate failure on rank 1 at batch 2")
+            print("rank 1 stops answering at batch 2", flush=True)
+            time.sleep(600)
+
+
+def failing(how):
+    x = np.random.default_rng(4).normal(size=(64, 3)).astype("float32")
+    inputs = keras.Input((3,))
+    model = keras_steps.StepModel(inputs, keras.layers.Dense(1)(inputs))
+    model.compile("sgd", loss="mse")
+    model.fit(x, x[:, :1], batch_size=BATCH, epochs=1, callbacks=[Misbehave(how)], verbose=0)
+    print(f"rank {rank()} finished training", flush=True)
+
+
+if __name__ == "__main__":
+    scenario = sys.argv[1]
+    OUT.mkdir(parents=True, exist_ok=True)
+    if scenario == "train":
+        supervised()
+        mixed_precision()
+        gans()
+        distillation()
+        resume()
+    elif scenario in ("raise", "hang"):
+        failing(scenario)
+    else:
+        raise SystemExit(f"unknown scenario {scenario!r}")
+    print(f"rank {rank()} done", flush=True)

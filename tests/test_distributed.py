@@ -1,0 +1,256 @@
+"""Data-parallel fit() under torchrun: 2 CPU ranks with gloo against 1 process.
+
+The slow tests launch ``torchrun --nproc_per_node=2 --standalone`` on
+tests/ddp_worker.py (global batch 16: 8 per rank) and compare with the same
+script run as one process (batch 16). The fast ones check the helpers alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import torch
+
+import keras_steps
+from keras_steps import _distributed
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(KERAS_BACKEND="torch", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def _run(command, timeout=240, **env):
+    done = subprocess.run(command, env=_env(**env), capture_output=True, text=True, timeout=timeout)
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One 2-rank run and one 1-process run of every training scenario."""
+    ref, ddp = tmp_path_factory.mktemp("one_process"), tmp_path_factory.mktemp("two_ranks")
+    code, out = _run([sys.executable, str(WORKER), "train", str(ref)])
+    assert code == 0, out[-4000:]
+    code, out = _run([*TORCHRUN, str(WORKER), "train", str(ddp)])
+    assert code == 0, out[-4000:]
+    return ref, ddp, out
+
+
+def _weights(folder, name, rank=0):
+    with np.load(folder / f"{name}_rank{rank}.npz") as data:
+        return [data[f"w{i}"] for i in range(len(data.files))]
+
+
+def _record(folder, name, rank=0):
+    return json.loads((folder / f"{name}_rank{rank}.json").read_text())
+
+
+# -- slow: under torchrun ---------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["supervised", "loader", "gan", "wgan_gp", "resume"])
+def test_two_ranks_train_like_one_process_with_twice_the_batch(runs, name):
+    ref, ddp, _ = runs
+    expected = _weights(ref, name)
+    rank0, rank1 = _weights(ddp, name, 0), _weights(ddp, name, 1)
+    # Each rank started from its own random init: only the broadcast from
+    # rank 0 and averaged gradients make them end equal.
+    for a, b in zip(rank0, rank1, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for got, want in zip(rank0, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_mixed_precision_averages_before_the_loss_scale_optimizer(runs):
+    ref, ddp, _ = runs
+    # float16 sums over 8 rows per rank differ from sums over 16: a looser match.
+    for got, want in zip(_weights(ddp, "mixed"), _weights(ref, "mixed"), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+    assert _record(ddp, "mixed", 0)["loss_scale"] == _record(ddp, "mixed", 1)["loss_scale"]
+    assert _record(ddp, "mixed", 0)["loss_scale"] == _record(ref, "mixed")["loss_scale"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["supervised", "mixed", "gan", "wgan_gp", "distill"])
+def test_ranks_hold_the_same_weights_after_every_step(runs, name):
+    _, ddp, _ = runs
+    trace0, trace1 = _record(ddp, name, 0)["trace"], _record(ddp, name, 1)["trace"]
+    assert len(trace0) >= 3
+    assert trace0 == trace1
+
+
+@pytest.mark.slow
+def test_history_and_evaluate_cover_all_ranks(runs):
+    ref, ddp, _ = runs
+    want = _record(ref, "supervised")
+    for rank in (0, 1):
+        got = _record(ddp, "supervised", rank)
+        for key, values in want["history"].items():
+            np.testing.assert_allclose(got["history"][key], values, rtol=1e-5, err_msg=key)
+        # 17 validation rows: 9 (2 batches) on rank 0, 8 (1 batch) on rank 1.
+        for key, value in want["evaluate"].items():
+            assert got["evaluate"][key] == pytest.approx(value, rel=1e-5), key
+        assert got["predict_rows"] == 17
+    for name in ("gan", "wgan_gp"):
+        for key, values in _record(ref, name)["history"].items():
+            got = _record(ddp, name, 1)["history"][key]
+            np.testing.assert_allclose(got, values, rtol=1e-5, err_msg=f"{name} {key}")
+
+
+@pytest.mark.slow
+def test_only_rank_zero_prints_and_writes_files(runs):
+    _, ddp, out = runs
+    assert (ddp / "ckpt_rank0.weights.h5").exists()
+    assert (ddp / "log_rank0.csv").exists()
+    assert not (ddp / "ckpt_rank1.weights.h5").exists()
+    assert not (ddp / "log_rank1.csv").exists()
+    assert out.count("Epoch 1/2") == 1
+    # BackupAndRestore: rank 0 kept the backup and every rank resumed at epoch 2.
+    for rank in (0, 1):
+        assert len(_record(ddp, "resume", rank)["history"]["loss"]) == 2
+
+
+@pytest.mark.slow
+def test_arrays_that_differ_between_ranks_are_refused(runs):
+    _, ddp, _ = runs
+    for rank in (0, 1):
+        message = (ddp / f"refused_rank{rank}.txt").read_text()
+        assert f"rank {rank} of 2: the training arrays differ between ranks" in message
+        assert "every rank must pass the same ones" in message
+
+
+@pytest.mark.slow
+def test_data_loaders_need_a_distributed_sampler(runs):
+    _, ddp, _ = runs
+    assert _record(ddp, "loader", 0)["sampler_epoch"] == 1  # set_epoch each epoch
+    for rank in (0, 1):
+        warning = (ddp / f"loader_warning_rank{rank}.txt").read_text()
+        assert "DistributedSampler" in warning and "same samples" in warning
+
+
+@pytest.mark.slow
+def test_frozen_teacher_is_never_synchronised(runs):
+    _, ddp, _ = runs
+    record = _record(ddp, "distill", 0)
+    # Per step: one all-reduce of the student's gradients (plus one flag per
+    # variable) and one of its BatchNorm statistics, nothing of the teacher.
+    steps = len(record["trace"])
+    assert record["step_sizes"] == [record["grad_size"], record["bn_size"]] * steps
+    assert record["teacher_size"] not in record["step_sizes"]
+    assert record["teacher_unchanged"]
+    for a, b in zip(_weights(ddp, "distill", 0), _weights(ddp, "distill", 1), strict=True):
+        np.testing.assert_array_equal(a, b)  # BatchNorm moving statistics included
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "how, expected",
+    [
+        # torchrun reports the failed rank; rank 0 loses its peer mid all-reduce.
+        ("raise", ["deliberate failure on rank 1 at batch 2"]),
+        # Nobody exits: only the process group's timeout ends rank 0's wait.
+        (
+            "hang",
+            [
+                "rank 1 stops answering",
+                "DistributedError: keras_steps, rank 0 of 2: all-reduce of gradients failed",
+                "took longer than 10 s (KERAS_STEPS_DIST_TIMEOUT)",
+            ],
+        ),
+    ],
+)
+def test_a_failing_rank_ends_the_run_with_an_error(tmp_path, how, expected):
+    # subprocess's timeout turns a hang of the whole run into a failure.
+    code, out = _run(
+        [*TORCHRUN, str(WORKER), how, str(tmp_path)], timeout=150, KERAS_STEPS_DIST_TIMEOUT="10"
+    )
+    assert code != 0
+    for text in expected:
+        assert text in out
+    assert "finished training" not in out
+
+
+# -- fast: one process ----------------------------------------------------------------------
+def test_one_process_is_not_distributed():
+    assert not _distributed.is_active()
+    assert (_distributed.rank(), _distributed.world_size()) == (0, 1)
+    x = np.random.default_rng(0).normal(size=(32, 3)).astype("float32")
+    inputs = keras.Input((3,))
+    model = keras_steps.StepModel(inputs, keras.layers.Dense(1)(inputs))
+    model.compile("sgd", loss="mse")
+    history = model.fit(x, x[:, :1], batch_size=8, epochs=2, verbose=0)
+    assert history.history["loss"][1] < history.history["loss"][0]
+    assert not hasattr(model.optimizer, "_keras_steps_averages_gradients")
+
+
+def test_batch_random_is_the_plain_draw_on_one_process():
+    seed_a, seed_b = keras.random.SeedGenerator(3), keras.random.SeedGenerator(3)
+    got = keras_steps.batch_random(keras.random.normal, (4, 2), seed=seed_a, stddev=2.0)
+    want = keras.random.normal((4, 2), seed=seed_b, stddev=2.0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(want))
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_batch_random_rows_of_all_ranks_make_the_global_draw(monkeypatch, blocks):
+    world, per_rank = 3, 4
+    global_draw = keras.ops.convert_to_numpy(
+        keras.random.uniform((blocks * world * per_rank, 2), seed=keras.random.SeedGenerator(5))
+    )
+    monkeypatch.setattr(_distributed, "world_size", lambda: world)
+    parts = []
+    for r in range(world):
+        monkeypatch.setattr(_distributed, "rank", lambda r=r: r)
+        parts.append(
+            keras.ops.convert_to_numpy(
+                keras_steps.batch_random(
+                    keras.random.uniform,
+                    (blocks * per_rank, 2),
+                    seed=keras.random.SeedGenerator(5),
+                    blocks=blocks,
+                )
+            )
+        )
+    # Rank r's row j of block b is global row j * world + r of that block,
+    # as arrays are sharded (x[r::world]) and DistributedSampler splits.
+    for b in range(blocks):
+        block = global_draw[b * world * per_rank : (b + 1) * world * per_rank]
+        for r in range(world):
+            np.testing.assert_array_equal(
+                parts[r][b * per_rank : (b + 1) * per_rank], block[r::world]
+            )
+
+
+def test_batch_random_rejects_a_batch_not_made_of_blocks():
+    with pytest.raises(keras_steps.StepError, match="multiple of blocks=2"):
+        keras_steps.batch_random(keras.random.normal, (5, 2), seed=1, blocks=2)
+
+
+def test_shards_split_rows_like_a_distributed_sampler(monkeypatch):
+    monkeypatch.setattr(_distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(_distributed, "rank", lambda: 1)
+    x, y = np.arange(7), {"a": torch.arange(7)}
+    sx, sy, sw = _distributed.shard((x, y, None), drop_remainder=True)
+    np.testing.assert_array_equal(sx, [1, 3, 5])
+    assert sy["a"].tolist() == [1, 3, 5]
+    assert sw is None
+    np.testing.assert_array_equal(_distributed.shard(x, drop_remainder=False), [1, 3, 5])
+    monkeypatch.setattr(_distributed, "rank", lambda: 0)
+    np.testing.assert_array_equal(_distributed.shard(x, drop_remainder=False), [0, 2, 4, 6])
+    np.testing.assert_array_equal(_distributed.shard(x, drop_remainder=True), [0, 2, 4])
+
+
+def test_a_bad_timeout_is_refused(monkeypatch):
+    monkeypatch.setenv(_distributed.TIMEOUT_ENV, "soon")
+    with pytest.raises(keras_steps.DistributedError, match="KERAS_STEPS_DIST_TIMEOUT"):
+        _distributed._timeout_s()
