@@ -441,7 +441,7 @@ def test_gradient_accumulation_updates_every_second_batch():
 
 
 def test_use_ema_keeps_moving_averages_of_both_networks():
-    check_use_ema(sgd_gan, gaussian_2d(256))
+    check_use_ema(sgd_gan, gaussian_2d(64))
 
 
 @pytest.mark.parametrize("clip", ["clipnorm", "global_clipnorm"])
