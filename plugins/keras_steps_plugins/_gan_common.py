@@ -1,0 +1,109 @@
+"""What the ``gan`` and ``wgan-gp`` steps share: random streams and real batches."""
+
+from __future__ import annotations
+
+import keras
+
+__all__ = ["MAX_SEED", "real_batch", "rewind_at_evaluation_start", "seed_generators"]
+
+#: Keras's torch backend stores seeds as int32.
+MAX_SEED = 2**31 - 1
+
+# The evaluation stream starts this far from the training stream, so their
+# seeds never coincide: each draw advances a stream's seed by one.
+_EVAL_SEED_OFFSET = 2**30
+
+
+def _eval_seed(seed: int) -> int:
+    return (seed + _EVAL_SEED_OFFSET) % (MAX_SEED + 1)
+
+
+def seed_generators(seed: int, prefix: str) -> dict:
+    """The training and evaluation streams, for a ``step_build`` dict.
+
+    Returns:
+        ``{"seed_generator": ..., "eval_seed_generator": ...}``; being in the
+        step state, both are saved with the model.
+    """
+    return {
+        "seed_generator": keras.random.SeedGenerator(seed, name=f"{prefix}_seed"),
+        "eval_seed_generator": keras.random.SeedGenerator(
+            _eval_seed(seed), name=f"{prefix}_eval_seed"
+        ),
+    }
+
+
+def rewind_at_evaluation_start(state: dict, tracker: str, seed: int):
+    """Restart the evaluation stream on the first batch of each evaluation.
+
+    Keras resets metrics when an evaluation starts, so an empty ``tracker``
+    marks its first batch. Rewinding there makes ``evaluate()`` of the same
+    weights on the same data give the same numbers, and validation losses of
+    different epochs comparable. The choice is made on device, without
+    reading the count back to the host.
+
+    Returns:
+        The evaluation ``SeedGenerator``.
+    """
+    generator = state["eval_seed_generator"]
+    start = keras.ops.convert_to_tensor(
+        [_eval_seed(seed), 0], dtype=generator.state.dtype
+    )
+    first = keras.ops.equal(state[tracker].count, 0)
+    generator.state.assign(keras.ops.where(first, start, generator.state.value))
+    return generator
+
+
+def real_batch(data):
+    """The real samples of a batch: ``x`` of ``x``, ``(x,)`` or ``(x, y, ...)``."""
+    if isinstance(data, (tuple, list)):
+        data = data[0]
+    return keras.ops.convert_to_tensor(data)
+
+
+def digits_demo(
+    step, make_models, latent_dim, make_optimizer, out_dir, epochs, steps, curves
+):
+    """Train a GAN-like step on the digits at 28x28 and draw what it makes.
+
+    Args:
+        step: the step name.
+        make_models: returns the ``models`` dict; called after seeding, so
+            the demo starts from the same weights every time.
+        latent_dim: the generator's input size.
+        make_optimizer: returns a fresh optimizer, one per role.
+        out_dir, steps: as in the ``step_demo`` hook.
+        epochs: as in the hook, already defaulted by the step.
+        curves: the metrics to plot per epoch.
+
+    Returns:
+        ``{"samples": path, "curves": path}``.
+    """
+    import numpy as np
+
+    import keras_steps
+    from keras_steps_plugins import _demo
+
+    keras.utils.set_random_seed(1337)
+    images, _ = _demo.load_digits(28)
+    models = make_models()
+    model = keras_steps.StepModel(
+        models=models, step=step, step_options={"latent_dim": latent_dim}
+    )
+    model.compile(optimizer={role: make_optimizer() for role in models})
+    history = model.fit(
+        images, batch_size=64, epochs=epochs, steps_per_epoch=steps, verbose="auto"
+    )
+    latents = np.random.default_rng(0).normal(size=(32, latent_dim))
+    samples = model.predict(latents.astype("float32"), verbose=0)
+    return {
+        "samples": _demo.save_image_grid(
+            samples, out_dir / "samples.png", title=f"{step}: generated digits"
+        ),
+        "curves": _demo.save_curves(
+            history.history,
+            out_dir / "curves.png",
+            keys=curves,
+            title=f"{step}: losses per epoch",
+        ),
+    }

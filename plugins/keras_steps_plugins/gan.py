@@ -1,0 +1,224 @@
+"""The seed guide's GAN: discriminator on noisy-labelled images, then the generator.
+
+Goodfellow et al. 2014, "Generative Adversarial Networks", written as the
+Keras guide "Customizing what happens in fit() with PyTorch" writes it. Each
+batch of real images gives ``d_steps`` discriminator updates (generated images
+labelled 1, real ones 0, plus uniform label noise) and then one generator
+update through the discriminator, with labels that say "real". With the same
+seed, networks, optimizers and data, the losses are the guide's ``GAN``
+class's to float tolerance; see ``docs/steps/gan.md`` for what differs.
+
+Usage::
+
+    gan = keras_steps.StepModel(
+        models={"generator": generator, "discriminator": discriminator},
+        step="gan",
+        step_options={"latent_dim": 128},
+    )
+    gan.compile(optimizer={"generator": keras.optimizers.Adam(3e-4),
+                           "discriminator": keras.optimizers.Adam(3e-4)})
+    gan.fit(images, batch_size=64, epochs=1)
+    samples = gan.predict(latents)  # generated images
+"""
+
+from __future__ import annotations
+
+import keras
+import torch
+from pydantic import Field
+
+import keras_steps
+from keras_steps_plugins._gan_common import (
+    MAX_SEED,
+    digits_demo,
+    real_batch,
+    rewind_at_evaluation_start,
+    seed_generators,
+)
+
+
+class GANOptions(keras_steps.StepOptions):
+    """Options of the ``gan`` step."""
+
+    latent_dim: int = Field(
+        128, gt=0, description="Size of the latent vectors fed to the generator."
+    )
+    label_noise: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Scale of the uniform noise added to the discriminator's labels "
+            "(labels become 1 + U(0, noise) for fakes, U(0, noise) for reals)."
+        ),
+    )
+    d_steps: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="Discriminator updates per generator update (same real batch).",
+    )
+    seed: int = Field(
+        1337,
+        ge=0,
+        le=MAX_SEED,
+        description="Seed of the step's random stream (latents and label noise).",
+    )
+
+
+_bce = keras.losses.BinaryCrossentropy(from_logits=True)
+
+
+@keras_steps.hookimpl
+def step_options():
+    return GANOptions
+
+
+@keras_steps.hookimpl
+def step_model_roles():
+    return ("generator", "discriminator")
+
+
+@keras_steps.hookimpl
+def step_optimizer_roles():
+    return ("generator", "discriminator")
+
+
+@keras_steps.hookimpl
+def step_build(options):
+    return {
+        "d_loss": keras.metrics.Mean(name="d_loss"),
+        "g_loss": keras.metrics.Mean(name="g_loss"),
+        **seed_generators(options.seed, "gan"),
+    }
+
+
+@keras_steps.hookimpl
+def step_call(model, inputs, training):
+    return model.models["generator"](inputs, training=training)
+
+
+def _labels(batch_size):
+    """1 for the generated half of a batch, 0 for the real half, as in the seed."""
+    ones = keras.ops.ones((batch_size, 1))
+    zeros = keras.ops.zeros((batch_size, 1))
+    return keras.ops.concatenate([ones, zeros], axis=0)
+
+
+@keras_steps.hookimpl
+def train_step(model, data, options):
+    generator = model.models["generator"]
+    discriminator = model.models["discriminator"]
+    state = model.step_state
+    seed = state["seed_generator"]
+    real = real_batch(data)
+    batch_size = real.shape[0]
+
+    for _ in range(options.d_steps):
+        latents = keras.random.normal((batch_size, options.latent_dim), seed=seed)
+        # The discriminator's loss must not reach the generator: the seed
+        # back-propagated it there and threw the gradients away.
+        with torch.no_grad():
+            fake = generator(latents, training=True)
+        combined = keras.ops.concatenate([fake, real], axis=0)
+        labels = _labels(batch_size)
+        labels = labels + options.label_noise * keras.random.uniform(
+            labels.shape, seed=seed
+        )
+        d_loss = _bce(labels, discriminator(combined, training=True))
+        keras_steps.backprop(
+            d_loss, model.optimizers["discriminator"], discriminator.trainable_weights
+        )
+        state["d_loss"].update_state(d_loss)
+
+    latents = keras.random.normal((batch_size, options.latent_dim), seed=seed)
+    misleading_labels = keras.ops.zeros((batch_size, 1))
+    predictions = discriminator(generator(latents, training=True), training=True)
+    g_loss = _bce(misleading_labels, predictions)
+    # Gradients for the generator's weights only: the discriminator is frozen
+    # here, and backprop computes nothing for it.
+    keras_steps.backprop(
+        g_loss, model.optimizers["generator"], generator.trainable_weights
+    )
+    state["g_loss"].update_state(g_loss)
+    return {"d_loss": state["d_loss"].result(), "g_loss": state["g_loss"].result()}
+
+
+@keras_steps.hookimpl
+def test_step(model, data, options):
+    """Both losses on clean labels, with latents that restart at each evaluation."""
+    generator = model.models["generator"]
+    discriminator = model.models["discriminator"]
+    state = model.step_state
+    eval_seed = rewind_at_evaluation_start(state, "d_loss", options.seed)
+    real = real_batch(data)
+    batch_size = real.shape[0]
+    latents = keras.random.normal((batch_size, options.latent_dim), seed=eval_seed)
+    fake = generator(latents, training=False)
+    predictions = discriminator(
+        keras.ops.concatenate([fake, real], axis=0), training=False
+    )
+    d_loss = _bce(_labels(batch_size), predictions)
+    g_loss = _bce(keras.ops.zeros((batch_size, 1)), predictions[:batch_size])
+    state["d_loss"].update_state(d_loss)
+    state["g_loss"].update_state(g_loss)
+    return {"d_loss": state["d_loss"].result(), "g_loss": state["g_loss"].result()}
+
+
+def seed_networks(latent_dim=128):
+    """The seed guide's generator and discriminator, for 28x28x1 images.
+
+    Args:
+        latent_dim: size of the generator's input.
+
+    Returns:
+        ``(generator, discriminator)``, two ``keras.Sequential`` models.
+    """
+    layers = keras.layers
+    discriminator = keras.Sequential(
+        [
+            keras.Input(shape=(28, 28, 1)),
+            layers.Conv2D(64, (3, 3), strides=(2, 2), padding="same"),
+            layers.LeakyReLU(negative_slope=0.2),
+            layers.Conv2D(128, (3, 3), strides=(2, 2), padding="same"),
+            layers.LeakyReLU(negative_slope=0.2),
+            layers.GlobalMaxPooling2D(),
+            layers.Dense(1),
+        ],
+        name="discriminator",
+    )
+    generator = keras.Sequential(
+        [
+            keras.Input(shape=(latent_dim,)),
+            layers.Dense(7 * 7 * 128),
+            layers.LeakyReLU(negative_slope=0.2),
+            layers.Reshape((7, 7, 128)),
+            layers.Conv2DTranspose(128, (4, 4), strides=(2, 2), padding="same"),
+            layers.LeakyReLU(negative_slope=0.2),
+            layers.Conv2DTranspose(128, (4, 4), strides=(2, 2), padding="same"),
+            layers.LeakyReLU(negative_slope=0.2),
+            layers.Conv2D(1, (7, 7), padding="same", activation="sigmoid"),
+        ],
+        name="generator",
+    )
+    return generator, discriminator
+
+
+@keras_steps.hookimpl
+def step_demo(out_dir, epochs, steps):
+    """The seed's networks on scikit-learn's digits, resized to 28x28."""
+
+    def models():
+        generator, discriminator = seed_networks(latent_dim=128)
+        return {"generator": generator, "discriminator": discriminator}
+
+    def optimizer():
+        # The guide's Adam(3e-4) still draws striped, checkered shapes after
+        # this budget; a larger step with less momentum, as in DCGAN, draws
+        # digits.
+        return keras.optimizers.Adam(learning_rate=1e-3, beta_1=0.5)
+
+    # 8 epochs of 29 batches: about 2 minutes on one idle CPU core.
+    return digits_demo(
+        "gan", models, 128, optimizer, out_dir, epochs or 8, steps, ["d_loss", "g_loss"]
+    )
