@@ -343,7 +343,12 @@ class StepModel(keras.Model):
         args = inspect.signature(super().fit).bind(*args, **kwargs).arguments
         if _distributed.is_active():
             args = _distributed.fit_arguments(self, args)
-        return super().fit(**args)
+        history = super().fit(**args)
+        if args.get("epochs", 1) > 0:
+            # Keras swaps EMA averages into the weights for self.optimizer only.
+            for role, optimizer in self._step_optimizers.items():
+                optimizer.finalize_variable_values(self.models[role].trainable_weights)
+        return history
 
     def evaluate(self, *args, **kwargs):
         """Evaluate as ``keras.Model.evaluate``; under ``torchrun`` each rank

@@ -131,6 +131,15 @@ def check_use_ema(make_model, x, steps=4, momentum=0.9):
             not np.allclose(a, w)
             for a, w in zip(averages, network.get_weights(), strict=True)
         ), role
+    # At the end of fit() each role's averages replace its weights, as Keras
+    # does for the single optimizer of a plain model.
+    model.fit(x, epochs=1, verbose=0)
+    for role, network in model.models.items():
+        averages = model.optimizers[role]._model_variables_moving_average
+        for average, weight in zip(averages, network.trainable_weights, strict=True):
+            np.testing.assert_allclose(
+                keras.ops.convert_to_numpy(weight), keras.ops.convert_to_numpy(average)
+            )
 
 
 def check_clipping(make_model, x, clip):
