@@ -9,7 +9,6 @@ import torch
 import keras_steps  # noqa: F401
 from keras_steps import _registry
 
-
 # The test models are tiny: a second intra-op thread only adds synchronisation,
 # and on a loaded machine it makes them many times slower.
 torch.set_num_threads(1)
