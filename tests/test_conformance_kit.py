@@ -529,11 +529,11 @@ def test_pytest_plugin_imports_neither_keras_nor_keras_steps():
 def test_snapshots_do_not_follow_in_place_updates():
     # .numpy() shares memory with the tensor: an in-place update after a
     # "before" snapshot must not change the snapshot.
-    from keras_steps.testing import _numpy
+    from keras_steps.testing._arrays import to_numpy
 
     variable = keras.Variable(np.zeros(3, "float32"))
-    before = _numpy(variable)
+    before = to_numpy(variable)
     with torch.no_grad():
         variable.value.add_(1.0)
     assert before.tolist() == [0.0, 0.0, 0.0]
-    assert _numpy(variable).tolist() == [1.0, 1.0, 1.0]
+    assert to_numpy(variable).tolist() == [1.0, 1.0, 1.0]
