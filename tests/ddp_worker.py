@@ -258,6 +258,32 @@ def vae():
     save("vae", model, history, trace=trace.sums)
 
 
+def adversarial():
+    """The real ``adversarial`` step: PGD's random starts from batch_random."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(48, 5)).astype("float32")
+    y = (x[:, 0] + x[:, 1] > 0).astype("int64")
+    seed_model_init()
+    inputs = keras.Input((5,))
+    hidden = keras.layers.Dense(8, activation="tanh")(inputs)
+    model = keras_steps.StepModel(
+        inputs,
+        keras.layers.Dense(2)(hidden),
+        step="adversarial",
+        step_options={"epsilon": 0.3, "step_size": 0.1, "n_steps": 2, "seed": 5},
+    )
+    model.compile(
+        _sgd(),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    trace = WeightTrace()
+    history = model.fit(
+        x, y, batch_size=BATCH, epochs=2, shuffle=False, callbacks=[trace], verbose=0
+    )
+    save("adversarial", model, history, trace=trace.sums)
+
+
 class CollectiveSizes(keras.callbacks.Callback):
     """Sizes of the all-reduces made inside training steps."""
 
@@ -397,6 +423,7 @@ if __name__ == "__main__":
         mixed_precision()
         gans()
         vae()
+        adversarial()
         distillation()
         resume()
     elif scenario in ("raise", "hang"):

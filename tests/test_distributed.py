@@ -3,7 +3,8 @@
 The slow tests launch ``torchrun --nproc_per_node=2 --standalone`` on
 tests/ddp_worker.py (global batch 16: 8 per rank) and compare with the same
 script run as one process (batch 16): Keras's own step and the catalog's
-real ``gan``, ``wgan-gp``, ``vae`` and ``distillation`` steps. The fast ones
+real ``gan``, ``wgan-gp``, ``vae``, ``adversarial`` and ``distillation``
+steps. The fast ones
 check the helpers alone.
 """
 
@@ -61,7 +62,8 @@ def _record(folder, name, rank=0):
 # -- slow: under torchrun ---------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name", ["supervised", "loader", "gan", "wgan_gp", "vae", "distill_plain", "resume"]
+    "name",
+    ["supervised", "loader", "gan", "wgan_gp", "vae", "adversarial", "distill_plain", "resume"],
 )
 def test_two_ranks_train_like_one_process_with_twice_the_batch(runs, name):
     ref, ddp, _ = runs
@@ -69,8 +71,9 @@ def test_two_ranks_train_like_one_process_with_twice_the_batch(runs, name):
     rank0, rank1 = _weights(ddp, name, 0), _weights(ddp, name, 1)
     # Each rank started from its own random init: only the broadcast from
     # rank 0 and averaged gradients make them end equal. The catalog's steps
-    # (gan, wgan_gp, vae) match one process only because they draw their
-    # noise with batch_random: drawn per rank, the weights end up to 8e-2 apart.
+    # (gan, wgan_gp, vae, adversarial) match one process only because they
+    # draw their noise with batch_random: drawn per rank, gan, wgan_gp and
+    # vae end up to 8e-2 apart.
     for a, b in zip(rank0, rank1, strict=True):
         np.testing.assert_array_equal(a, b)
     for got, want in zip(rank0, expected, strict=True):
@@ -89,7 +92,8 @@ def test_mixed_precision_averages_before_the_loss_scale_optimizer(runs):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name", ["supervised", "mixed", "gan", "wgan_gp", "vae", "distill", "distill_plain"]
+    "name",
+    ["supervised", "mixed", "gan", "wgan_gp", "vae", "adversarial", "distill", "distill_plain"],
 )
 def test_ranks_hold_the_same_weights_after_every_step(runs, name):
     _, ddp, _ = runs
@@ -113,12 +117,12 @@ def test_history_and_evaluate_cover_all_ranks(runs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["gan", "wgan_gp", "vae", "distill_plain"])
+@pytest.mark.parametrize("name", ["gan", "wgan_gp", "vae", "adversarial", "distill_plain"])
 def test_catalog_steps_report_the_losses_of_one_process(runs, name):
     """Every metric of every epoch, training and (gan, wgan_gp) validation."""
     ref, ddp, _ = runs
     want = _record(ref, name)["history"]
-    assert want["loss" if name in ("vae", "distill_plain") else "d_loss"]
+    assert want["d_loss" if name in ("gan", "wgan_gp") else "loss"]
     for rank in (0, 1):
         got = _record(ddp, name, rank)["history"]
         assert set(got) == set(want)
