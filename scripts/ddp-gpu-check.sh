@@ -30,7 +30,8 @@ python3 - "$out" <<'PY'
 import sys, numpy as np
 from pathlib import Path
 out = Path(sys.argv[1])
-for name in ("supervised", "loader", "gan", "wgan_gp", "distill", "resume"):
+for name in ("supervised", "loader", "gan", "wgan_gp", "vae", "adversarial", "distill",
+             "distill_plain", "resume"):
     a, b = np.load(out / "one_process" / f"{name}_rank0.npz"), np.load(out / "nccl_one_rank" / f"{name}_rank0.npz")
     diff = max(float(np.abs(a[k] - b[k]).max()) for k in a.files)
     print(f"NCCL one rank vs no process group, {name}: max |difference| {diff:.3g}",

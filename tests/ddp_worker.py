@@ -191,90 +191,7 @@ def mixed_precision():
         keras.config.set_dtype_policy("float32")
 
 
-# -- gan: two networks, two optimizers, two phases per batch ---------------------------
-_bce = keras.losses.BinaryCrossentropy(from_logits=True)
-
-
-def _x(data):
-    return data[0] if isinstance(data, (tuple, list)) else data
-
-
-class GanLike:
-    """The seed guide's GAN step, with its draws made by keras_steps.batch_random."""
-
-    @keras_steps.hookimpl
-    def step_model_roles(self):
-        return ("generator", "discriminator")
-
-    @keras_steps.hookimpl
-    def step_optimizer_roles(self):
-        return ("generator", "discriminator")
-
-    @keras_steps.hookimpl
-    def step_build(self):
-        return {
-            "d_loss": keras.metrics.Mean(name="d_loss"),
-            "g_loss": keras.metrics.Mean(name="g_loss"),
-            "seed": keras.random.SeedGenerator(7),
-        }
-
-    @keras_steps.hookimpl
-    def step_call(self, model, inputs, training):
-        return model.models["generator"](inputs, training=training)
-
-    @keras_steps.hookimpl
-    def train_step(self, model, data):
-        """A discriminator update, then a generator update through it."""
-        generator, discriminator = model.models["generator"], model.models["discriminator"]
-        state, seed = model.step_state, model.step_state["seed"]
-        real = keras.ops.convert_to_tensor(_x(data))
-        n = real.shape[0]
-        latents = keras_steps.batch_random(keras.random.normal, (n, LATENT), seed=seed)
-        with torch.no_grad():
-            fake = generator(latents, training=True)
-        d_loss = self.d_loss(discriminator, real, fake, seed)
-        keras_steps.backprop(
-            d_loss, model.optimizers["discriminator"], discriminator.trainable_weights
-        )
-        latents = keras_steps.batch_random(keras.random.normal, (n, LATENT), seed=seed)
-        g_loss = self.g_loss(discriminator(generator(latents, training=True)))
-        keras_steps.backprop(g_loss, model.optimizers["generator"], generator.trainable_weights)
-        state["d_loss"].update_state(d_loss)
-        state["g_loss"].update_state(g_loss)
-        return {"d_loss": state["d_loss"].result(), "g_loss": state["g_loss"].result()}
-
-    def d_loss(self, discriminator, real, fake, seed):
-        n = real.shape[0]
-        labels = keras.ops.concatenate([keras.ops.ones((n, 1)), keras.ops.zeros((n, 1))])
-        noise = keras_steps.batch_random(keras.random.uniform, (2 * n, 1), seed=seed, blocks=2)
-        labels = labels + 0.05 * noise
-        return _bce(labels, discriminator(keras.ops.concatenate([fake, real]), training=True))
-
-    def g_loss(self, predictions):
-        return _bce(keras.ops.zeros_like(predictions), predictions)
-
-    @keras_steps.hookimpl
-    def test_step(self, model, data):
-        real = keras.ops.convert_to_tensor(_x(data))
-        loss = _bce(keras.ops.zeros((real.shape[0], 1)), model.models["discriminator"](real))
-        model.step_state["d_loss"].update_state(loss)
-        return {"d_loss": model.step_state["d_loss"].result()}
-
-
-class WganGpLike(GanLike):
-    """A critic with a gradient penalty: a double backward in every critic update."""
-
-    def d_loss(self, critic, real, fake, seed):
-        alpha = keras_steps.batch_random(keras.random.uniform, (real.shape[0], 1), seed=seed)
-        mixed = (alpha * real + (1 - alpha) * fake).detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
-        penalty = keras.ops.mean((keras.ops.norm(grad, axis=1) - 1.0) ** 2)
-        return keras.ops.mean(critic(fake)) - keras.ops.mean(critic(real)) + 10.0 * penalty
-
-    def g_loss(self, predictions):
-        return -keras.ops.mean(predictions)
-
-
+# -- the catalog's multi-network steps ----------------------------------------------
 def _gan_networks():
     generator = keras.Sequential(
         [keras.Input((LATENT,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(4)]
@@ -285,65 +202,86 @@ def _gan_networks():
     return generator, discriminator
 
 
+def _sgd():
+    return keras.optimizers.SGD(0.02, momentum=0.5)
+
+
 def gans():
-    images = np.random.default_rng(1).normal(1.0, 0.5, size=(64, 4)).astype("float32")
-    for name, step in (("gan", GanLike()), ("wgan_gp", WganGpLike())):
-        keras_steps.register_step(step, name=f"ddp_{name}")
+    """The real ``gan`` and ``wgan-gp`` steps: latents and label noise from batch_random."""
+    rng = np.random.default_rng(1)
+    images = rng.normal(1.0, 0.5, size=(64, 4)).astype("float32")
+    # 32 rows: 2 batches of 8 per rank, 2 of 16 alone, so the evaluation
+    # stream's latents line up too.
+    val_images = rng.normal(1.0, 0.5, size=(32, 4)).astype("float32")
+    cases = (
+        ("gan", "gan", "discriminator", {"latent_dim": LATENT, "d_steps": 2}),
+        ("wgan_gp", "wgan-gp", "critic", {"latent_dim": LATENT, "d_steps": 2}),
+    )
+    for name, step, second, options in cases:
         seed_model_init()
-        generator, discriminator = _gan_networks()
+        generator, other = _gan_networks()
         model = keras_steps.StepModel(
-            models={"generator": generator, "discriminator": discriminator}, step=f"ddp_{name}"
+            models={"generator": generator, second: other}, step=step, step_options=options
         )
-        model.compile(
-            optimizer={
-                "generator": keras.optimizers.SGD(0.02, momentum=0.5),
-                "discriminator": keras.optimizers.SGD(0.02, momentum=0.5),
-            }
-        )
+        model.compile(optimizer={"generator": _sgd(), second: _sgd()})
         trace = WeightTrace()
         history = model.fit(
-            images, batch_size=BATCH, epochs=2, shuffle=False, callbacks=[trace], verbose=0
+            images,
+            batch_size=BATCH,
+            epochs=2,
+            shuffle=False,
+            validation_data=(val_images,),
+            callbacks=[trace],
+            verbose=0,
         )
         save(name, model, history, trace=trace.sums)
 
 
-# -- distillation: a frozen teacher and a student with BatchNorm ------------------------
-class DistillLike:
-    """Student learns the labels and the teacher's outputs; the teacher is frozen."""
+def vae():
+    """The real ``vae`` step: the reparameterisation noise from batch_random."""
+    x = np.random.default_rng(6).uniform(size=(48, 6)).astype("float32")
+    seed_model_init()
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(8, activation="tanh")(inputs)
+    encoder = keras.Model(inputs, [keras.layers.Dense(2)(hidden), keras.layers.Dense(2)(hidden)])
+    decoder = keras.Sequential(
+        [keras.Input((2,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(6)]
+    )
+    model = keras_steps.StepModel(
+        models={"encoder": encoder, "decoder": decoder},
+        step="vae",
+        step_options={"reconstruction": "mse", "seed": 3},
+    )
+    model.compile(_sgd())
+    trace = WeightTrace()
+    history = model.fit(x, batch_size=BATCH, epochs=2, shuffle=False, callbacks=[trace], verbose=0)
+    save("vae", model, history, trace=trace.sums)
 
-    @keras_steps.hookimpl
-    def step_model_roles(self):
-        return ("student", "teacher")
 
-    @keras_steps.hookimpl
-    def step_optimizer_roles(self):
-        return ("student",)
-
-    @keras_steps.hookimpl
-    def step_build(self):
-        return {"loss": keras.metrics.Mean(name="loss")}
-
-    @keras_steps.hookimpl
-    def step_call(self, model, inputs, training):
-        return model.models["student"](inputs, training=training)
-
-    @keras_steps.hookimpl
-    def train_step(self, model, data):
-        x, y = data
-        student, teacher = model.models["student"], model.models["teacher"]
-        out = student(x, training=True)
-        loss = keras.ops.mean((out - y) ** 2) + keras.ops.mean(
-            (out - teacher(x, training=False)) ** 2
-        )
-        keras_steps.backprop(loss, model.optimizers["student"], student.trainable_weights)
-        model.step_state["loss"].update_state(loss)
-        return {"loss": model.step_state["loss"].result()}
-
-    @keras_steps.hookimpl
-    def test_step(self, model, data):
-        x, y = data
-        model.step_state["loss"].update_state(keras.ops.mean((model(x) - y) ** 2))
-        return {"loss": model.step_state["loss"].result()}
+def adversarial():
+    """The real ``adversarial`` step: PGD's random starts from batch_random."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(48, 5)).astype("float32")
+    y = (x[:, 0] + x[:, 1] > 0).astype("int64")
+    seed_model_init()
+    inputs = keras.Input((5,))
+    hidden = keras.layers.Dense(8, activation="tanh")(inputs)
+    model = keras_steps.StepModel(
+        inputs,
+        keras.layers.Dense(2)(hidden),
+        step="adversarial",
+        step_options={"epsilon": 0.3, "step_size": 0.1, "n_steps": 2, "seed": 5},
+    )
+    model.compile(
+        _sgd(),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    trace = WeightTrace()
+    history = model.fit(
+        x, y, batch_size=BATCH, epochs=2, shuffle=False, callbacks=[trace], verbose=0
+    )
+    save("adversarial", model, history, trace=trace.sums)
 
 
 class CollectiveSizes(keras.callbacks.Callback):
@@ -369,45 +307,63 @@ class CollectiveSizes(keras.callbacks.Callback):
 
 
 def distillation():
+    """The real ``distillation`` step: a frozen teacher, a student with or without BatchNorm."""
     rng = np.random.default_rng(2)
-    x = rng.normal(size=(40, 6)).astype("float32")
-    y = rng.normal(size=(40, 1)).astype("float32")
-    seed_model_init()
-    teacher = keras.Sequential([keras.Input((6,)), keras.layers.Dense(7), keras.layers.Dense(1)])
-    teacher.trainable = False
-    student = keras.Sequential(
-        [
-            keras.Input((6,)),
-            keras.layers.Dense(4),
-            keras.layers.BatchNormalization(),
-            keras.layers.Dense(1),
-        ]
-    )
-    keras_steps.register_step(DistillLike(), name="ddp_distill")
-    model = keras_steps.StepModel(
-        models={"student": student, "teacher": teacher}, step="ddp_distill"
-    )
-    model.compile(keras.optimizers.SGD(0.05))
-    teacher_before = [np.asarray(w) for w in teacher.weights]
-    sizes = CollectiveSizes() if world() > 1 else None
-    trace = WeightTrace()
-    model.fit(
-        x, y, batch_size=BATCH, epochs=1, callbacks=[trace] + ([sizes] if sizes else []), verbose=0
-    )
-    trainable = student.trainable_weights
-    bn = student.layers[1]
-    save(
-        "distill",
-        model,
-        trace=trace.sums,
-        step_sizes=sizes.sizes if sizes else [],
-        grad_size=sum(int(np.prod(v.shape)) for v in trainable) + len(trainable),
-        bn_size=sum(int(np.prod(v.shape)) for v in bn.non_trainable_weights),
-        teacher_size=sum(int(np.prod(v.shape)) for v in teacher.weights),
-        teacher_unchanged=all(
-            np.array_equal(a, np.asarray(w)) for a, w in zip(teacher_before, teacher.weights)
-        ),
-    )
+    x = rng.normal(size=(48, 6)).astype("float32")
+    y = rng.integers(0, 3, size=(48,))
+    for name, batch_norm in (("distill", True), ("distill_plain", False)):
+        seed_model_init()
+        # BatchNorm in the teacher too: frozen, its statistics must stay out
+        # of the per-step averaging.
+        teacher = keras.Sequential(
+            [
+                keras.Input((6,)),
+                keras.layers.Dense(7),
+                keras.layers.BatchNormalization(),
+                keras.layers.Dense(3),
+            ]
+        )
+        middle = [keras.layers.BatchNormalization()] if batch_norm else []
+        student = keras.Sequential(
+            [keras.Input((6,)), keras.layers.Dense(4), *middle, keras.layers.Dense(3)]
+        )
+        model = keras_steps.StepModel(
+            models={"student": student, "teacher": teacher},
+            step="distillation",
+            step_options={"alpha": 0.3, "temperature": 2.0},
+        )
+        model.compile(
+            keras.optimizers.SGD(0.05),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        # Rank 0's teacher, as fit()'s broadcast gives it to every rank.
+        teacher_before = [np.asarray(w) for w in teacher.weights]
+        sizes = CollectiveSizes() if world() > 1 else None
+        trace = WeightTrace()
+        history = model.fit(
+            x,
+            y,
+            batch_size=BATCH,
+            epochs=1,
+            shuffle=False,
+            callbacks=[trace] + ([sizes] if sizes else []),
+            verbose=0,
+        )
+        trainable = student.trainable_weights
+        bn = student.layers[1] if batch_norm else None
+        save(
+            name,
+            model,
+            history,
+            trace=trace.sums,
+            step_sizes=sizes.sizes if sizes else [],
+            grad_size=sum(int(np.prod(v.shape)) for v in trainable) + len(trainable),
+            bn_size=sum(int(np.prod(v.shape)) for v in bn.non_trainable_weights) if bn else 0,
+            teacher_size=sum(int(np.prod(v.shape)) for v in teacher.weights),
+            teacher_unchanged=all(
+                np.array_equal(a, np.asarray(w)) for a, w in zip(teacher_before, teacher.weights)
+            ),
+        )
 
 
 # -- BackupAndRestore: rank 0 restores, every rank resumes -------------------------------
@@ -466,6 +422,8 @@ if __name__ == "__main__":
         supervised()
         mixed_precision()
         gans()
+        vae()
+        adversarial()
         distillation()
         resume()
     elif scenario in ("raise", "hang"):

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import keras
 
-__all__ = ["MAX_SEED", "real_batch", "rewind_at_evaluation_start", "seed_generators"]
+import keras_steps
+
+__all__ = [
+    "MAX_SEED",
+    "draw_latents",
+    "real_batch",
+    "rewind_at_evaluation_start",
+    "seed_generators",
+]
 
 #: Keras's torch backend stores seeds as int32.
 MAX_SEED = 2**31 - 1
@@ -54,6 +62,18 @@ def rewind_at_evaluation_start(state: dict, tracker: str, seed: int):
     return generator
 
 
+def draw_latents(batch_size, latent_dim, seed):
+    """Standard normal latents for a batch, from ``seed``.
+
+    Under ``torchrun``, this rank's rows of the global batch's latents
+    (``keras_steps.batch_random``): W ranks with batch B draw what one
+    process with batch W * B draws. On one process, the plain draw.
+    """
+    return keras_steps.batch_random(
+        keras.random.normal, (batch_size, latent_dim), seed=seed
+    )
+
+
 def real_batch(data):
     """The real samples of a batch: ``x`` of ``x``, ``(x,)`` or ``(x, y, ...)``."""
     if isinstance(data, (tuple, list)):
@@ -81,7 +101,6 @@ def digits_demo(
     """
     import numpy as np
 
-    import keras_steps
     from keras_steps_plugins import _demo
 
     keras.utils.set_random_seed(1337)

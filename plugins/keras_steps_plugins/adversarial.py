@@ -218,7 +218,9 @@ def attack(model, x, y, options: AdversarialOptions):
         return torch.clamp(candidate, options.clip_min, options.clip_max)
 
     if attack_random_start(options):
-        noise = keras.random.uniform(
+        # Per-example: under torchrun, this rank's rows of the global batch's.
+        noise = keras_steps.batch_random(
+            keras.random.uniform,
             tuple(x.shape),
             minval=-options.epsilon,
             maxval=options.epsilon,

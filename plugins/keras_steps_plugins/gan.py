@@ -31,6 +31,7 @@ import keras_steps
 from keras_steps_plugins._gan_common import (
     MAX_SEED,
     digits_demo,
+    draw_latents,
     real_batch,
     rewind_at_evaluation_start,
     seed_generators,
@@ -115,15 +116,17 @@ def train_step(model, data, options):
     batch_size = real.shape[0]
 
     for _ in range(options.d_steps):
-        latents = keras.random.normal((batch_size, options.latent_dim), seed=seed)
+        latents = draw_latents(batch_size, options.latent_dim, seed)
         # The discriminator's loss must not reach the generator: the seed
         # back-propagated it there and threw the gradients away.
         with torch.no_grad():
             fake = generator(latents, training=True)
         combined = keras.ops.concatenate([fake, real], axis=0)
         labels = _labels(batch_size)
-        labels = labels + options.label_noise * keras.random.uniform(
-            labels.shape, seed=seed
+        # One draw for the stacked [fakes; reals] labels, as in the seed: two
+        # per-example blocks, so that each rank gets its rows of both.
+        labels = labels + options.label_noise * keras_steps.batch_random(
+            keras.random.uniform, labels.shape, seed=seed, blocks=2
         )
         d_loss = _bce(labels, discriminator(combined, training=True))
         keras_steps.backprop(
@@ -131,7 +134,7 @@ def train_step(model, data, options):
         )
         state["d_loss"].update_state(d_loss)
 
-    latents = keras.random.normal((batch_size, options.latent_dim), seed=seed)
+    latents = draw_latents(batch_size, options.latent_dim, seed)
     misleading_labels = keras.ops.zeros((batch_size, 1))
     predictions = discriminator(generator(latents, training=True), training=True)
     g_loss = _bce(misleading_labels, predictions)
@@ -153,7 +156,7 @@ def test_step(model, data, options):
     eval_seed = rewind_at_evaluation_start(state, "d_loss", options.seed)
     real = real_batch(data)
     batch_size = real.shape[0]
-    latents = keras.random.normal((batch_size, options.latent_dim), seed=eval_seed)
+    latents = draw_latents(batch_size, options.latent_dim, eval_seed)
     fake = generator(latents, training=False)
     predictions = discriminator(
         keras.ops.concatenate([fake, real], axis=0), training=False

@@ -97,8 +97,13 @@ def train_step(model, data, options):
     x = _compiled.check_float_tensor(x, STEP, "mixes")
     seed = model.step_state["seed_generator"]
     alpha = mixing_alpha(options)
+    # One ratio per global batch, as on one process: the seed generator is
+    # equal on all ranks under torchrun, so they all draw the same ratio (and
+    # CutMix box). The pairing keys are per example: each rank sorts its own
+    # rows of the global draw, so ranks pair their examples independently.
     lam = keras.random.beta((), alpha, alpha, seed=seed)
-    perm = torch.argsort(keras.random.uniform((x.shape[0],), seed=seed))
+    keys = keras_steps.batch_random(keras.random.uniform, (x.shape[0],), seed=seed)
+    perm = torch.argsort(keys)
     if options.mode == "mixup":
         mixed = lam * x + (1.0 - lam) * x[perm]
     else:

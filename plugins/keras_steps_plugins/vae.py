@@ -176,8 +176,9 @@ def _losses(model, data, options, training):
     target = ops.convert_to_tensor(target)
     z_mean, z_log_var = _encode(model, x, training)
     batch_size = z_mean.shape[0]
-    eps = keras.random.normal(
-        ops.shape(z_mean), seed=model.step_state["seed_generator"]
+    # Per-example noise: under torchrun, this rank's rows of the global batch's.
+    eps = keras_steps.batch_random(
+        keras.random.normal, ops.shape(z_mean), seed=model.step_state["seed_generator"]
     )
     z = z_mean + ops.exp(0.5 * z_log_var) * eps
     output = model.models[DECODER](z, training=training)

@@ -31,6 +31,7 @@ import keras_steps
 from keras_steps_plugins._gan_common import (
     MAX_SEED,
     digits_demo,
+    draw_latents,
     real_batch,
     rewind_at_evaluation_start,
     seed_generators,
@@ -118,7 +119,9 @@ def gradient_penalty(critic, real, fake, alpha, create_graph=True, training=True
 
 def _alpha(real, seed):
     shape = (real.shape[0],) + (1,) * (len(real.shape) - 1)
-    return keras.random.uniform(shape, seed=seed, dtype=real.dtype)
+    return keras_steps.batch_random(
+        keras.random.uniform, shape, seed=seed, dtype=real.dtype
+    )
 
 
 def _mean(x):
@@ -142,7 +145,7 @@ def train_step(model, data, options):
     batch_size = real.shape[0]
 
     for _ in range(options.d_steps):
-        latents = keras.random.normal((batch_size, options.latent_dim), seed=seed)
+        latents = draw_latents(batch_size, options.latent_dim, seed)
         with torch.no_grad():
             fake = generator(latents, training=True)
         fake = keras.ops.cast(fake, real.dtype)
@@ -158,7 +161,7 @@ def train_step(model, data, options):
         state["gp"].update_state(gp)
         state["wasserstein"].update_state(wasserstein)
 
-    latents = keras.random.normal((batch_size, options.latent_dim), seed=seed)
+    latents = draw_latents(batch_size, options.latent_dim, seed)
     g_loss = -_mean(critic(generator(latents, training=True), training=True))
     keras_steps.backprop(
         g_loss, model.optimizers["generator"], generator.trainable_weights
@@ -175,7 +178,7 @@ def test_step(model, data, options):
     state = model.step_state
     eval_seed = rewind_at_evaluation_start(state, "d_loss", options.seed)
     real = real_batch(data)
-    latents = keras.random.normal((real.shape[0], options.latent_dim), seed=eval_seed)
+    latents = draw_latents(real.shape[0], options.latent_dim, eval_seed)
     fake = keras.ops.cast(generator(latents, training=False), real.dtype)
     wasserstein, fake_score = _wasserstein(critic, real, fake, training=False)
     # evaluate() runs under no_grad; the penalty is a gradient, so it needs
