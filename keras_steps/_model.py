@@ -9,6 +9,7 @@ from keras.src.models.functional import Functional
 from keras.src.models.model import Trainer as _BackendTrainer
 from keras.src.models.model import functional_init_arguments
 
+from keras_steps import _execution
 from keras_steps._errors import RoleError, StepError
 from keras_steps._options import StepOptions
 from keras_steps._registry import get_step
@@ -227,9 +228,23 @@ class StepModel(keras.Model):
             if not opt.built and getattr(model, "built", False):
                 opt.build(model.trainable_variables)
 
+    # Keras's TorchTrainer builds these too but refuses steps_per_execution > 1;
+    # ours run every batch of the group EpochIterator hands over (see _execution).
     def make_train_function(self, force=False):
         self._build_role_optimizers()
-        return super().make_train_function(force=force)
+        if self.train_function is None or force:
+            self.train_function = _execution.make_train_function(self)
+        return self.train_function
+
+    def make_test_function(self, force=False):
+        if self.test_function is None or force:
+            self.test_function = _execution.make_test_function(self)
+        return self.test_function
+
+    def make_predict_function(self, force=False):
+        if self.predict_function is None or force:
+            self.predict_function = _execution.make_predict_function(self)
+        return self.predict_function
 
     def train_step(self, data):
         return self._train_hook(self, data, self._step_options)
