@@ -94,6 +94,8 @@ import workloads as wl  # noqa: E402
 import keras_steps  # noqa: E402
 
 CUDA = ARGS.device == "cuda"
+if CUDA and not torch.cuda.is_available():
+    raise SystemExit("--device cuda, but torch.cuda.is_available() is False here.")
 if ARGS.threads:
     torch.set_num_threads(ARGS.threads)
 
@@ -534,6 +536,10 @@ def main() -> None:
     info = machine()
     started = time.time()
     sections = []
+    if not ARGS.no_dispatch:  # first: it is short, and a run cut off later keeps it
+        text = "\n".join(dispatch_lines(ARGS.reps or (QUICK["reps"] if ARGS.quick else 21)))
+        print("\n" + text + "\n", flush=True)
+        sections.append(text)
     for name in names:
         workload = wl.WORKLOADS[name]
         reps = ARGS.reps or (QUICK["reps"] if ARGS.quick else workload.reps)
@@ -565,10 +571,6 @@ def main() -> None:
         print("\n" + text + "\n", flush=True)
         sections.append(text)
         write_results(output, info, sections)  # as we go: a cut-off run keeps its tables
-    if not ARGS.no_dispatch:
-        text = "\n".join(dispatch_lines(ARGS.reps or (QUICK["reps"] if ARGS.quick else 21)))
-        print("\n" + text + "\n", flush=True)
-        sections.append(text)
     info["load average at end (1/5/15 min)"] = " / ".join(f"{v:.2f}" for v in os.getloadavg())
     info["wall time of the run"] = f"{time.time() - started:.0f} s"
     write_results(output, info, sections)
