@@ -18,11 +18,11 @@ import warnings
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import keras  # noqa: E402
-import torch  # noqa: E402
+import keras
+import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import workloads as wl  # noqa: E402
+import workloads as wl
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
         model.fit(wl.loader(batches[:1]), epochs=1, verbose=0)
         sites: collections.Counter[str] = collections.Counter()
 
-        def record(message, category, filename, lineno, file=None, line=None):
+        def record(message, category, filename, lineno, file=None, line=None, sites=sites):
             frames = [
                 f
                 for f in traceback.extract_stack()[:-1]
