@@ -273,22 +273,22 @@ def bench_workload(workload, variants, reps, steps):
 
 def memory_child(workload_name: str, variant: str) -> None:
     """In a fresh process: RSS before training, and the peak RSS of the process."""
-    import resource
-
     workload = wl.WORKLOADS[workload_name]
     steps = QUICK["steps"][workload_name] if ARGS.quick else workload.steps
     contender = make_contender(workload, variant, steps)
-    before = _rss_mib()
+    before = _proc_status_mib("VmRSS")
     for _ in range(3):
         contender.epoch()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"before": before, "peak": peak}))
+    print(json.dumps({"before": before, "peak": _proc_status_mib("VmHWM")}))
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _proc_status_mib(field: str) -> float:
+    # VmHWM, not getrusage's ru_maxrss: a child's ru_maxrss starts from its
+    # parent's RSS at fork time, which would hide the child's own peak.
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status; CPU memory needs Linux.")
 
 
 def measure_cpu_memory(workload_name, variants, extra_args):
