@@ -255,3 +255,22 @@ def test_jit_compile_matches_eager():
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+@pytest.mark.slow
+def test_jit_compile_multi_optimizer_step_matches_eager():
+    """A step with two networks and two optimizers compiles (with graph breaks) and matches."""
+    keras_steps.register_step(_TwoOptimizers(), name="two_optimizers")
+    eager, compiled = _two_optimizer_model(2), _two_optimizer_model(2)
+    compiled.compile(
+        optimizer={
+            "generator": keras.optimizers.Adam(1e-3),
+            "critic": keras.optimizers.SGD(1e-2),
+        },
+        steps_per_execution=2,
+        jit_compile=True,
+    )
+    h_eager = eager.fit(X[:32], batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+    h_compiled = compiled.fit(X[:32], batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+    _assert_same_history(h_eager.history, h_compiled.history, rtol=1e-5)
+    _assert_same_weights(eager, compiled, atol=1e-5)
