@@ -15,7 +15,9 @@ N batches are concatenated on the device.
 With ``jit_compile=True`` the *per-batch* step is wrapped in
 ``torch.compile``, as Keras does for one step; the loop over the N batches
 stays in Python, so the compiled graph does not grow with N and a partial last
-group needs no recompilation beyond the batch shape.
+group needs no recompilation beyond the batch shape. A step torch.compile
+cannot run (a gradient penalty's double backward, say) fails with a
+``StepError`` naming the step, chained to torch's error.
 """
 
 from __future__ import annotations
@@ -24,15 +26,41 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch._dynamo
 from keras import tree
+
+from keras_steps._errors import StepError
 
 __all__ = ["make_predict_function", "make_test_function", "make_train_function"]
 
 
 def _maybe_compile(model: Any, fn: Callable) -> Callable:
-    if model._should_torch_compile():
-        return torch.compile(fn)
-    return fn
+    if not model._should_torch_compile():
+        return fn
+    compiled = torch.compile(fn)
+
+    def run(batch):
+        try:
+            return compiled(batch)
+        except Exception as exc:
+            if not _is_compile_failure(exc):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0].rstrip(".")
+            raise StepError(
+                f"Step {model.step!r} cannot run under compile(jit_compile=True): "
+                f"torch.compile failed with {type(exc).__name__}: {first}. "
+                "Compile the model with jit_compile=False (the default on torch)."
+            ) from exc
+
+    return run
+
+
+def _is_compile_failure(exc: BaseException) -> bool:
+    # Dynamo's own errors, and the RuntimeErrors its backends raise for what
+    # they do not support (double backward under AOTAutograd, for one).
+    return isinstance(exc, torch._dynamo.exc.TorchDynamoException) or (
+        isinstance(exc, RuntimeError) and "torch.compile" in str(exc)
+    )
 
 
 def make_train_function(model: Any) -> Callable[[list], Any]:

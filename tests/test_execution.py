@@ -274,3 +274,33 @@ def test_jit_compile_multi_optimizer_step_matches_eager():
     h_compiled = compiled.fit(X[:32], batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
     _assert_same_history(h_eager.history, h_compiled.history, rtol=1e-5)
     _assert_same_weights(eager, compiled, atol=1e-5)
+
+
+class _GradientPenalty:
+    """A double backward (a WGAN-GP-style gradient penalty), which AOTAutograd refuses."""
+
+    @keras_steps.hookimpl
+    def train_step(self, model, data):
+        x, _ = data
+        x = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(model(x, training=True).sum(), x, create_graph=True)
+        keras_steps.backprop((grad**2).mean(), model.optimizer, model.trainable_weights)
+        return {}
+
+    @keras_steps.hookimpl
+    def test_step(self):
+        return {}
+
+
+@pytest.mark.slow
+def test_jit_compile_of_an_uncompilable_step_names_the_step():
+    keras_steps.register_step(_GradientPenalty(), name="penalty")
+    inputs = keras.Input(shape=(6,))
+    model = keras_steps.StepModel(
+        inputs, keras.layers.Dense(1, activation="tanh")(inputs), step="penalty"
+    )
+    model.compile(optimizer="sgd", jit_compile=True)
+    with pytest.raises(keras_steps.StepError, match=r"'penalty' cannot run under .*jit_compile"):
+        model.fit(X[:8], Y[:8], batch_size=8, verbose=0)
+    model.compile(optimizer="sgd", jit_compile=False)
+    model.fit(X[:8], Y[:8], batch_size=8, verbose=0)
