@@ -195,7 +195,11 @@ class SeedGANStep:
         ops = keras.ops
         batch_size = real.shape[0]
         latent = keras.random.normal((batch_size, LATENT_DIM), seed=state["seed"])
-        combined = ops.concatenate([generator(latent), real], axis=0)
+        # As the catalog's gan step: the discriminator's loss never reaches the
+        # generator, so its forward pass records no graph (same numbers as the seed).
+        with torch.no_grad():
+            fake = generator(latent)
+        combined = ops.concatenate([fake, real], axis=0)
         labels = ops.concatenate([ops.ones((batch_size, 1)), ops.zeros((batch_size, 1))])
         labels = labels + 0.05 * keras.random.uniform(ops.shape(labels), seed=state["seed"])
         d_loss = _bce_logits(labels, discriminator(combined))
@@ -457,16 +461,15 @@ def gan_torch_update(generator, discriminator, opt_g, opt_d, real):
     """One step of the seed's GAN algorithm in plain PyTorch; returns the losses."""
     bce = nn.functional.binary_cross_entropy_with_logits
     batch_size, device = real.shape[0], real.device
-    fake = generator(torch.randn(batch_size, LATENT_DIM, device=device))
+    with torch.no_grad():  # the discriminator's loss does not reach the generator
+        fake = generator(torch.randn(batch_size, LATENT_DIM, device=device))
     combined = torch.cat([fake, real])
     labels = torch.cat([torch.ones(batch_size, 1, device=device),
                         torch.zeros(batch_size, 1, device=device)])
     labels += 0.05 * torch.rand(labels.shape, device=device)
-    d_params = list(discriminator.parameters())
     d_loss = bce(discriminator(combined), labels)
     opt_d.zero_grad(set_to_none=True)
-    # inputs=: no gradient work for the generator (keras_steps.backprop does the same).
-    d_loss.backward(inputs=d_params)
+    d_loss.backward()
     opt_d.step()
     g_params = list(generator.parameters())
     fake = generator(torch.randn(batch_size, LATENT_DIM, device=device))
@@ -552,13 +555,14 @@ def _lightning_gan(device):
             opt_g, opt_d = self.optimizers()
             bce = nn.functional.binary_cross_entropy_with_logits
             batch_size = real.shape[0]
-            fake = self.generator(torch.randn(batch_size, LATENT_DIM, device=self.device))
+            with torch.no_grad():
+                fake = self.generator(torch.randn(batch_size, LATENT_DIM, device=self.device))
             labels = torch.cat([torch.ones(batch_size, 1, device=self.device),
                                 torch.zeros(batch_size, 1, device=self.device)])
             labels += 0.05 * torch.rand(labels.shape, device=self.device)
             d_loss = bce(self.discriminator(torch.cat([fake, real])), labels)
             opt_d.zero_grad()
-            self.manual_backward(d_loss, inputs=list(self.discriminator.parameters()))
+            self.manual_backward(d_loss)
             opt_d.step()
             fake = self.generator(torch.randn(batch_size, LATENT_DIM, device=self.device))
             g_loss = bce(self.discriminator(fake), torch.zeros(batch_size, 1, device=self.device))
