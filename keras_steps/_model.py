@@ -13,7 +13,7 @@ from keras.src.models.model import Trainer as _BackendTrainer
 from keras.src.models.model import functional_init_arguments
 from keras.src.utils import python_utils
 
-from keras_steps import _distributed, _saving
+from keras_steps import _distributed, _execution, _saving
 from keras_steps._errors import RoleError, StepError
 from keras_steps._options import StepOptions
 from keras_steps._registry import get_step
@@ -321,13 +321,27 @@ class StepModel(keras.Model):
             if not opt.built and getattr(model, "built", False):
                 opt.build(model.trainable_variables)
 
+    # Keras's TorchTrainer builds these too but refuses steps_per_execution > 1;
+    # ours run every batch of the group EpochIterator hands over (see _execution).
     def make_train_function(self, force=False):
         self._build_role_optimizers()
         if _distributed.is_active():
             for optimizer in self.optimizers.values():
                 _distributed.average_gradients_in(optimizer)
         self._trained_state = _distributed.TrainedState()
-        return super().make_train_function(force=force)
+        if self.train_function is None or force:
+            self.train_function = _execution.make_train_function(self)
+        return self.train_function
+
+    def make_test_function(self, force=False):
+        if self.test_function is None or force:
+            self.test_function = _execution.make_test_function(self)
+        return self.test_function
+
+    def make_predict_function(self, force=False):
+        if self.predict_function is None or force:
+            self.predict_function = _execution.make_predict_function(self)
+        return self.predict_function
 
     def fit(self, *args, **kwargs):
         """Train as ``keras.Model.fit``; data-parallel under ``torchrun``.

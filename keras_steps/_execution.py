@@ -1,0 +1,124 @@
+"""Train, test and predict functions for the torch backend: fused and compiled.
+
+Keras 3's ``TorchTrainer`` refuses ``steps_per_execution > 1``, although its
+``EpochIterator`` already hands the train function a list of up to
+``steps_per_execution`` batches and ``fit``/``evaluate``/``predict`` already
+call callbacks once per such list, as on the other backends. The functions
+built here run every batch of the list, so a fused execution costs one round of
+callbacks (and, on a GPU, one host-device synchronisation when the progress
+bar reads the logs) for N batches.
+
+Inside an execution nothing is moved to the host: the step's logs are torch
+tensors and only the last batch's logs leave the function. Predictions of the
+N batches are concatenated on the device.
+
+With ``jit_compile=True`` the *per-batch* step is wrapped in
+``torch.compile``, as Keras does for one step; the loop over the N batches
+stays in Python, so the compiled graph does not grow with N and a partial last
+group needs no recompilation beyond the batch shape. A step torch.compile
+cannot run (a gradient penalty's double backward, say) fails with a
+``StepError`` naming the step, chained to torch's error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch._dynamo
+from keras import tree
+
+from keras_steps._errors import StepError
+
+__all__ = ["make_predict_function", "make_test_function", "make_train_function"]
+
+
+def _maybe_compile(model: Any, fn: Callable) -> Callable:
+    if not model._should_torch_compile():
+        return fn
+    compiled = torch.compile(fn)
+
+    def run(batch):
+        try:
+            return compiled(batch)
+        except Exception as exc:
+            if not _is_compile_failure(exc):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0].rstrip(".")
+            raise StepError(
+                f"Step {model.step!r} cannot run under compile(jit_compile=True): "
+                f"torch.compile failed with {type(exc).__name__}: {first}. "
+                "Compile the model with jit_compile=False (the default on torch)."
+            ) from exc
+
+    return run
+
+
+def _is_compile_failure(exc: BaseException) -> bool:
+    # Dynamo's own errors, and the RuntimeErrors its backends raise for what
+    # they do not support (double backward under AOTAutograd, for one).
+    return isinstance(exc, torch._dynamo.exc.TorchDynamoException) or (
+        isinstance(exc, RuntimeError) and "torch.compile" in str(exc)
+    )
+
+
+def make_train_function(model: Any) -> Callable[[list], Any]:
+    """Return ``train_function(batches)``: one ``train_step`` per batch.
+
+    Returns the logs of the last batch, still as tensors.
+    """
+    step = _maybe_compile(model, model.train_step)
+
+    if model.steps_per_execution == 1:
+
+        def train_function(batches):
+            return step(batches[0])
+
+        return train_function
+
+    def fused_train_function(batches):
+        logs = None
+        for batch in batches:
+            logs = step(batch)
+        return logs
+
+    return fused_train_function
+
+
+def make_test_function(model: Any) -> Callable[[list], Any]:
+    """Return ``test_function(batches)``: one ``test_step`` per batch, no grad."""
+    step = _maybe_compile(model, model.test_step)
+
+    def test_function(batches):
+        logs = None
+        with torch.no_grad():
+            for batch in batches:
+                logs = step(batch)
+        return logs
+
+    return test_function
+
+
+def make_predict_function(model: Any) -> Callable[[list], Any]:
+    """Return ``predict_function(batches)``: the batches' predictions, concatenated.
+
+    The outputs of the N batches are joined along the batch axis on the
+    device, structure by structure (a dict of outputs stays a dict).
+    """
+    step = _maybe_compile(model, model.predict_step)
+
+    def predict_function(batches):
+        with torch.no_grad():
+            if len(batches) == 1:
+                return step(batches[0])
+            outputs = [step(batch) for batch in batches]
+        return tree.map_structure(_concatenate, *outputs)
+
+    return predict_function
+
+
+def _concatenate(*parts: Any) -> Any:
+    if parts[0] is None:
+        return None
+    return torch.cat(parts, dim=0)
