@@ -90,7 +90,13 @@ def _full_signature_caller(impl: pluggy.HookImpl, spec_args: tuple[str, ...]):
         return impl.function
     positions = [spec_args.index(a) for a in impl.argnames]
     fn = impl.function
-    return lambda *args: fn(*(args[i] for i in positions))
+
+    def call(*args):
+        # A list, not a generator: torch.compile traces this, and a generator
+        # left alive across a graph break made dynamo recurse without end.
+        return fn(*[args[i] for i in positions])
+
+    return call
 
 
 def _spec_args(hook_name: str) -> tuple[str, ...]:

@@ -19,18 +19,19 @@ _test_step = keras.Model.test_step
 _predict_step = keras.Model.predict_step
 
 
+# Each takes the hook's full signature, so StepModel calls it with no adapter.
 @hookimpl
-def train_step(model, data):
+def train_step(model, data, options):
     return _train_step(model, data)
 
 
 @hookimpl
-def test_step(model, data):
+def test_step(model, data, options):
     return _test_step(model, data)
 
 
 @hookimpl
-def predict_step(model, data):
+def predict_step(model, data, options):
     return _predict_step(model, data)
 
 
