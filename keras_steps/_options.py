@@ -79,7 +79,10 @@ def _describe(step: str, source: str, cls: type, exc: pydantic.ValidationError):
                 f"the options are: {known}"
             )
             continue
-        line = f"  - option {name!r} = {err['input']!r}: {err['msg']}"
+        if err["type"] == "missing":
+            line = f"  - option {name!r} is required and was not given"
+        else:
+            line = f"  - option {name!r} = {err['input']!r}: {err['msg']}"
         field = fields.get(str(err["loc"][0])) if err["loc"] else None
         if field is not None and field.description:
             line += f" (expected: {field.description})"

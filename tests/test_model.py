@@ -349,3 +349,20 @@ def test_weights_round_trip_through_a_file(tmp_path):
         model.load_weights(path)
         for got, want in zip(model.get_weights(), saved, strict=True):
             np.testing.assert_array_equal(got, want)
+
+
+def test_missing_required_option_is_named_without_dumping_the_dict():
+    class Required(keras_steps.StepOptions):
+        rho: float = Field(description="A required radius.")
+
+    class NeedsRho(ScaledMSE):
+        @keras_steps.hookimpl
+        def step_options(self):
+            return Required
+
+    keras_steps.register_step(NeedsRho(), name="needsrho")
+    with pytest.raises(keras_steps.OptionsError) as err:
+        functional("needsrho", step_options={})
+    assert "option 'rho' is required and was not given (expected: A required radius.)" in str(
+        err.value
+    )
