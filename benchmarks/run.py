@@ -67,9 +67,9 @@ def parse_args(argv=None):
                         "train_step vs keras.Model on the seed MLP)")
     p.add_argument("--no-explain", action="store_true",
                    help="skip torch._dynamo.explain of the compiled steps")
-    p.add_argument("--gan-step", default="seed_gan",
-                   help="registered GAN step for keras_steps (default: the seed's GAN as a "
-                        "local step, roles generator/discriminator)")
+    p.add_argument("--gan-step", default="gan",
+                   help="registered GAN step for keras_steps, roles generator/discriminator "
+                        "(default: the catalog's gan step)")
     p.add_argument("--gan-options", default=None, help="JSON options for --gan-step")
     p.add_argument("--output", default=None,
                    help="markdown file to write (default benchmarks/RESULTS.md, "
@@ -520,7 +520,7 @@ def main() -> None:
     if ARGS.memory_child:
         memory_child(*ARGS.memory_child)
         return
-    if ARGS.gan_step != "seed_gan" or ARGS.gan_options:
+    if ARGS.gan_step != "gan" or ARGS.gan_options:
         wl.GAN_STEP.update(name=ARGS.gan_step,
                            options=json.loads(ARGS.gan_options) if ARGS.gan_options else None)
     names = [n.strip() for n in ARGS.workloads.split(",") if n.strip()]
@@ -558,10 +558,7 @@ def main() -> None:
                 result["rows"][variant]["memory"] = text
         lines = table(name, workload.description, result["rows"], steps, reps)
         if name == "gan":
-            lines += ["", f"keras_steps runs the GAN with the step `{wl.GAN_STEP['name']}`"
-                      + (" (the seed's GAN written as a local step in "
-                         "benchmarks/workloads.py)." if wl.GAN_STEP["name"] == "seed_gan"
-                         else ".")]
+            lines += ["", f"keras_steps runs the GAN with the step `{wl.GAN_STEP['name']}`."]
         if not ARGS.no_explain and any("jit" in v for v in variants):
             lines += ["", *explain_lines(explain(workload))]
         if CUDA:

@@ -158,69 +158,6 @@ class SeedGAN(keras.Model):
         }
 
 
-# -- the seed's GAN as a step --------------------------------------------------------
-class SeedGANStep:
-    """The seed guide's GAN algorithm as a keras_steps step (benchmark stand-in).
-
-    Used when no ``gan`` step is chosen with ``--gan-step``: same networks,
-    losses, label noise and optimizers as :class:`SeedGAN`, written the way a
-    shipped step is (``keras_steps.backprop`` for each update).
-    """
-
-    @keras_steps.hookimpl
-    def step_model_roles(self):
-        return ("generator", "discriminator")
-
-    @keras_steps.hookimpl
-    def step_optimizer_roles(self):
-        return ("generator", "discriminator")
-
-    @keras_steps.hookimpl
-    def step_build(self):
-        return {
-            "d_loss": keras.metrics.Mean(name="d_loss"),
-            "g_loss": keras.metrics.Mean(name="g_loss"),
-            "seed": keras.random.SeedGenerator(1337),
-        }
-
-    @keras_steps.hookimpl
-    def step_call(self, model, inputs, training):
-        return model.models["generator"](inputs, training=training)
-
-    @keras_steps.hookimpl
-    def train_step(self, model, data):
-        real = data[0] if isinstance(data, (tuple, list)) else data
-        generator, discriminator = model.models["generator"], model.models["discriminator"]
-        state, optimizers = model.step_state, model.optimizers
-        ops = keras.ops
-        batch_size = real.shape[0]
-        latent = keras.random.normal((batch_size, LATENT_DIM), seed=state["seed"])
-        # As the catalog's gan step: the discriminator's loss never reaches the
-        # generator, so its forward pass records no graph (same numbers as the seed).
-        with torch.no_grad():
-            fake = generator(latent)
-        combined = ops.concatenate([fake, real], axis=0)
-        labels = ops.concatenate([ops.ones((batch_size, 1)), ops.zeros((batch_size, 1))])
-        labels = labels + 0.05 * keras.random.uniform(ops.shape(labels), seed=state["seed"])
-        d_loss = _bce_logits(labels, discriminator(combined))
-        keras_steps.backprop(d_loss, optimizers["discriminator"], discriminator.trainable_weights)
-        latent = keras.random.normal((batch_size, LATENT_DIM), seed=state["seed"])
-        g_loss = _bce_logits(ops.zeros((batch_size, 1)), discriminator(generator(latent)))
-        keras_steps.backprop(g_loss, optimizers["generator"], generator.trainable_weights)
-        state["d_loss"].update_state(d_loss)
-        state["g_loss"].update_state(g_loss)
-        return {"d_loss": state["d_loss"].result(), "g_loss": state["g_loss"].result()}
-
-    @keras_steps.hookimpl
-    def test_step(self, model, data):
-        real = data[0] if isinstance(data, (tuple, list)) else data
-        d_loss = _bce_logits(
-            keras.ops.ones((real.shape[0], 1)), model.models["discriminator"](real)
-        )
-        model.step_state["d_loss"].update_state(d_loss)
-        return {"d_loss": model.step_state["d_loss"].result()}
-
-
 def _bce_logits(labels, logits):
     return keras.ops.mean(keras.ops.binary_crossentropy(labels, logits, from_logits=True))
 
@@ -352,7 +289,7 @@ def _cnn_torch(device):
 
 # -- GAN: the seed guide's end-to-end example -----------------------------------------
 GAN_BATCH = 64
-GAN_STEP = {"name": "seed_gan", "options": None}
+GAN_STEP = {"name": "gan", "options": {"latent_dim": LATENT_DIM}}
 
 
 def _gan_keras_batches(steps, device):
@@ -395,14 +332,7 @@ def _seed_generator():
     )
 
 
-def register_seed_gan_step() -> None:
-    """Register :class:`SeedGANStep` as ``seed_gan`` unless it is there already."""
-    if "seed_gan" not in {s.name for s in keras_steps.list_steps()}:
-        keras_steps.register_step(SeedGANStep(), name="seed_gan")
-
-
 def _gan_steps_model(steps_per_execution=1, jit_compile=False):
-    register_seed_gan_step()
     model = keras_steps.StepModel(
         models={"generator": _seed_generator(), "discriminator": _seed_discriminator()},
         step=GAN_STEP["name"],
