@@ -9,7 +9,10 @@ callbacks (and, on a GPU, one host-device synchronisation when the progress
 bar reads the logs) for N batches.
 
 Inside an execution nothing is moved to the host: the step's logs are torch
-tensors and only the last batch's logs leave the function. Predictions of the
+tensors and only the last batch's logs leave the function. The other batches'
+logs are thrown away, so while they run ``model.get_metrics_result()`` computes
+no results (see ``StepModel.get_metrics_result``): every metric is still
+updated by every batch, but only read once per execution. Predictions of the
 N batches are concatenated on the device.
 
 With ``jit_compile=True`` the *per-batch* step is wrapped in
@@ -22,7 +25,8 @@ cannot run (a gradient penalty's double backward, say) fails with a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -78,10 +82,10 @@ def make_train_function(model: Any) -> Callable[[list], Any]:
         return train_function
 
     def fused_train_function(batches):
-        logs = None
-        for batch in batches:
-            logs = step(batch)
-        return logs
+        with _logs_discarded(model):
+            for batch in batches[:-1]:
+                step(batch)
+        return step(batches[-1])
 
     return fused_train_function
 
@@ -91,11 +95,13 @@ def make_test_function(model: Any) -> Callable[[list], Any]:
     step = _maybe_compile(model, model.test_step)
 
     def test_function(batches):
-        logs = None
         with torch.no_grad():
-            for batch in batches:
-                logs = step(batch)
-        return logs
+            if len(batches) == 1:
+                return step(batches[0])
+            with _logs_discarded(model):
+                for batch in batches[:-1]:
+                    step(batch)
+            return step(batches[-1])
 
     return test_function
 
@@ -116,6 +122,21 @@ def make_predict_function(model: Any) -> Callable[[list], Any]:
         return tree.map_structure(_concatenate, *outputs)
 
     return predict_function
+
+
+@contextlib.contextmanager
+def _logs_discarded(model: Any) -> Iterator[None]:
+    # Under torch.compile the results are part of the graph and cost next to
+    # nothing, while a flag that flips inside an execution would make dynamo
+    # compile every step twice.
+    if model._should_torch_compile():
+        yield
+        return
+    model._discarding_logs = True
+    try:
+        yield
+    finally:
+        model._discarding_logs = False
 
 
 def _concatenate(*parts: Any) -> Any:

@@ -390,6 +390,21 @@ class StepModel(keras.Model):
             self._trained_state.average(self)
         return logs
 
+    # Set by a fused execution while it runs the batches whose logs it drops.
+    _discarding_logs = False
+
+    def get_metrics_result(self):
+        """The metrics' results, as ``keras.Model.get_metrics_result``.
+
+        Within a fused execution (``compile(steps_per_execution=N)``), the
+        batches before the last have their logs thrown away; for them this
+        returns an empty dict instead of computing every result. The metrics
+        themselves are updated by every batch.
+        """
+        if self._discarding_logs:
+            return _DiscardedLogs()
+        return super().get_metrics_result()
+
     def _get_metrics_result_or_logs(self, logs):
         if _distributed.is_active():
             return _distributed.global_logs(self, logs)
@@ -402,6 +417,17 @@ class StepModel(keras.Model):
         if self._predict_hook is None:
             return keras.Model.predict_step(self, data)
         return self._predict_hook(self, data, self._step_options)
+
+
+class _DiscardedLogs(dict):
+    """The logs of a batch that is not the last of a fused execution: empty."""
+
+    def __missing__(self, key):
+        raise KeyError(
+            f"{key!r}: metric results are not computed for the batches before the last "
+            "of a fused execution (steps_per_execution > 1), whose logs are discarded. "
+            "Read the metric itself, e.g. model.metrics, or metric.result()."
+        )
 
 
 class _CallsRoleModels(keras.Model):

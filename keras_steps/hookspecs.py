@@ -244,7 +244,11 @@ def train_step(model: Any, data: Any, options: Any) -> Any:
         options: the validated options instance.
 
     Return: a dict mapping metric names to current values, shown in the
-    progress bar and recorded in ``History``.
+    progress bar and recorded in ``History``. Build it with
+    ``model.compute_metrics(...)`` or ``model.get_metrics_result()``: with
+    ``compile(steps_per_execution=N)`` only the last batch of each group's
+    dict is used, and for the others ``get_metrics_result()`` returns an
+    empty dict instead of computing every metric's result.
 
     Added in 0.1.
     """

@@ -154,6 +154,54 @@ def test_no_host_transfer_between_batches_of_an_execution(monkeypatch):
     assert counts[1] - 2 * 10 == counts[5] - 2 * 2 > 0
 
 
+def test_metric_results_are_computed_once_per_execution(monkeypatch):
+    """The batches before the last of a group update metrics but compute no results."""
+    results = []
+    result = keras.metrics.Mean.result
+
+    def counting_result(self):
+        results.append(self.name)
+        return result(self)
+
+    monkeypatch.setattr(keras.metrics.Mean, "result", counting_result)
+    counts = {}
+    for spe in (1, 4):
+        model = _mlp(spe)
+        results.clear()
+        model.fit(X, Y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+        counts[spe, "fit"] = results.count("loss")
+        results.clear()
+        model.evaluate(X, Y, batch_size=BATCH, verbose=0)
+        counts[spe, "evaluate"] = results.count("loss")
+    # 10 batches: 10 or 3 executions, plus a fixed number of reads at the end.
+    assert counts[1, "fit"] - 10 == counts[4, "fit"] - 3 >= 0
+    assert counts[1, "evaluate"] - 10 == counts[4, "evaluate"] - 3 >= 0
+
+
+def test_a_step_reading_discarded_results_is_told_why():
+    seen = []
+
+    class Reads(keras_steps.StepModel):
+        def train_step(self, data):
+            logs = super().train_step(data)
+            seen.append(len(logs))
+            try:
+                logs["loss"]
+            except KeyError as exc:
+                seen.append(str(exc))
+            return logs
+
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input(shape=(6,))
+    model = Reads(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer="adam", loss="mse", steps_per_execution=4)
+    model.fit(X[:32], Y[:32], batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    # Three discarded batches (each an empty dict that explains itself), then the last.
+    assert seen[-1] == 1
+    assert seen[:-1:2] == [0, 0, 0]
+    assert "not computed for the batches before the last of a fused execution" in seen[1]
+
+
 def test_train_on_batch_with_fused_compile():
     one, fused = _mlp(1), _mlp(8)
     a = one.train_on_batch(X[:8], Y[:8], return_dict=True)
