@@ -45,14 +45,15 @@ VARIANTS = {
     "torch": "plain PyTorch loop (the floor)",
 }
 REFERENCES = ("torch", "keras_handwritten")
-QUICK = {"reps": 3, "steps": {"mlp": 16, "cnn": 8, "gan": 4}}
+QUICK = {"reps": 3, "steps": {"mlp": 16, "cnn": 8, "cnn_nhwc": 8, "gan": 4}}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny repetition counts (smoke run)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--workloads", default="mlp,cnn,gan", help="comma-separated: mlp,cnn,gan")
+    p.add_argument("--workloads", default="mlp,cnn,cnn_nhwc,gan",
+                   help="comma-separated: mlp,cnn,cnn_nhwc,gan")
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help="comma-separated, from: " + ",".join(VARIANTS))
     p.add_argument("--reps", type=int, default=None, help="timed epochs per contender")

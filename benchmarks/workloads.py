@@ -215,26 +215,34 @@ def _regression_torch(device):
 
 
 # -- CNN: a small classifier on 28x28 images ------------------------------------------
+# Two layouts for Keras: channels-first (torch's own, the `cnn` workload) and
+# Keras's default channels-last (`cnn_nhwc`), which on torch costs a transpose
+# around every convolution and pooling, and element-wise ops on permuted views.
 CNN_BATCH = 64
 
 
-def _cnn_keras_batches(steps, device):
+def _cnn_nhwc_batches(steps, device):
     return _batches(
         lambda g: (torch.rand(CNN_BATCH, 28, 28, 1, generator=g),
                    torch.randint(0, 10, (CNN_BATCH,), generator=g)),
         steps, device)
 
 
-def _cnn_torch_batches(steps, device):
-    return [(x.permute(0, 3, 1, 2).contiguous(), y) for x, y in _cnn_keras_batches(steps, device)]
+def _cnn_nchw_batches(steps, device):
+    return [(x.permute(0, 3, 1, 2).contiguous(), y) for x, y in _cnn_nhwc_batches(steps, device)]
 
 
-def _cnn_keras_layers(inputs):
-    x = layers.Conv2D(16, 3, activation="relu")(inputs)
-    x = layers.MaxPooling2D()(x)
-    x = layers.Conv2D(32, 3, activation="relu")(x)
-    x = layers.MaxPooling2D()(x)
+def _cnn_keras_layers(inputs, data_format):
+    f = data_format
+    x = layers.Conv2D(16, 3, activation="relu", data_format=f)(inputs)
+    x = layers.MaxPooling2D(data_format=f)(x)
+    x = layers.Conv2D(32, 3, activation="relu", data_format=f)(x)
+    x = layers.MaxPooling2D(data_format=f)(x)
     return layers.Dense(10)(layers.Flatten()(x))
+
+
+def _cnn_input(data_format):
+    return keras.Input(shape=(28, 28, 1) if data_format == "channels_last" else (1, 28, 28))
 
 
 _CNN_COMPILE = dict(
@@ -244,19 +252,27 @@ _CNN_COMPILE = dict(
 )
 
 
-def _cnn_steps_model(steps_per_execution=1, jit_compile=False):
-    inputs = keras.Input(shape=(28, 28, 1))
-    model = keras_steps.StepModel(inputs, _cnn_keras_layers(inputs), step="supervised")
-    model.compile(**_CNN_COMPILE, steps_per_execution=steps_per_execution,
-                  jit_compile=jit_compile)
-    return model
+def _cnn_steps_model(data_format):
+    def make(steps_per_execution=1, jit_compile=False):
+        inputs = _cnn_input(data_format)
+        model = keras_steps.StepModel(
+            inputs, _cnn_keras_layers(inputs, data_format), step="supervised"
+        )
+        model.compile(**_CNN_COMPILE, steps_per_execution=steps_per_execution,
+                      jit_compile=jit_compile)
+        return model
+
+    return make
 
 
-def _cnn_handwritten():
-    inputs = keras.Input(shape=(28, 28, 1))
-    model = SeedCustomModel(inputs, _cnn_keras_layers(inputs))
-    model.compile(**_CNN_COMPILE)
-    return model
+def _cnn_handwritten(data_format):
+    def make():
+        inputs = _cnn_input(data_format)
+        model = SeedCustomModel(inputs, _cnn_keras_layers(inputs, data_format))
+        model.compile(**_CNN_COMPILE)
+        return model
+
+    return make
 
 
 def _cnn_torch_net():
@@ -527,14 +543,33 @@ WORKLOADS = {
     ),
     "cnn": Workload(
         name="cnn",
-        description=f"small CNN: 2 conv + dense on 28x28x1, 10 classes, batch {CNN_BATCH}, Adam",
+        description=f"small CNN: 2 conv + dense on 1x28x28 (channels-first), 10 classes, "
+                    f"batch {CNN_BATCH}, Adam",
         batch_size=CNN_BATCH,
         steps=64,
         reps=7,
-        keras_batches=_cnn_keras_batches,
-        torch_batches=_cnn_torch_batches,
-        keras_steps_model=_cnn_steps_model,
-        keras_handwritten_model=_cnn_handwritten,
+        keras_batches=_cnn_nchw_batches,
+        torch_batches=_cnn_nchw_batches,
+        keras_steps_model=_cnn_steps_model("channels_first"),
+        keras_handwritten_model=_cnn_handwritten("channels_first"),
+        torch_trainer=_cnn_torch,
+        lightning_module=_lightning_supervised(
+            _cnn_torch_net,
+            lambda logits, y: (logits.argmax(1) == y).float().mean(),
+            nn.functional.cross_entropy,
+        ),
+    ),
+    "cnn_nhwc": Workload(
+        name="cnn_nhwc",
+        description="the same CNN, Keras in its default channels-last layout (28x28x1); "
+                    "torch and Lightning channels-first as in `cnn`",
+        batch_size=CNN_BATCH,
+        steps=64,
+        reps=7,
+        keras_batches=_cnn_nhwc_batches,
+        torch_batches=_cnn_nchw_batches,
+        keras_steps_model=_cnn_steps_model("channels_last"),
+        keras_handwritten_model=_cnn_handwritten("channels_last"),
         torch_trainer=_cnn_torch,
         lightning_module=_lightning_supervised(
             _cnn_torch_net,
