@@ -360,16 +360,28 @@ class _ResumeMidEpoch(keras.callbacks.Callback):
         self.model.train_function = self._pass_over
 
     def on_epoch_begin(self, epoch, logs=None):
+        for backup in self._backups:
+            # Keras 3.15 resets this to 0 at an epoch's end, one more than the
+            # "no batch yet" it means: with steps_per_execution=N the first
+            # group of every later epoch then counts N-1 batches, and
+            # save_freq=N skips its backup.
+            if getattr(backup, "_last_batch_seen", None) == 0:
+                backup._last_batch_seen = -1
         if self._tracker_values is not None:
             variables = _tracker_variables(self.model)
             for variable, value in zip(variables, self._tracker_values, strict=True):
                 variable.assign(value)
             self._tracker_values = None
 
-    def _pass_over(self, data):
-        self._skip -= 1
+    def _pass_over(self, batches):
+        # A group of steps_per_execution batches; the backup may have been
+        # taken with another N, so the group can straddle the resume point.
+        passed = min(self._skip, len(batches))
+        self._skip -= passed
         if self._skip <= 0:
             self._put_back()
+        if passed < len(batches):
+            return self.model.train_function(batches[passed:])
         return self.model.get_metrics_result()
 
     def _put_back(self):

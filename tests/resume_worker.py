@@ -130,7 +130,7 @@ def data(kind: str):
     return (x * 0.5 + 1.0,)
 
 
-def build(kind: str, options: dict | None = None):
+def build(kind: str, options: dict | None = None, steps_per_execution: int = 1):
     """A compiled model of ``kind``: "supervised", "duel" or "gan"."""
     keras.utils.set_random_seed(0)
     if kind == "supervised":
@@ -138,7 +138,10 @@ def build(kind: str, options: dict | None = None):
         hidden = keras.layers.Dense(16, activation="relu")(inputs)
         model = keras_steps.StepModel(inputs, keras.layers.Dense(1)(hidden))
         model.compile(
-            optimizer=keras.optimizers.Adam(1e-2), loss="mse", metrics=["mae"]
+            optimizer=keras.optimizers.Adam(1e-2),
+            loss="mse",
+            metrics=["mae"],
+            steps_per_execution=steps_per_execution,
         )
         return model
     if kind == "duel":
@@ -168,7 +171,8 @@ def build(kind: str, options: dict | None = None):
         optimizer={
             "generator": keras.optimizers.Adam(2e-3),
             "discriminator": keras.optimizers.Adam(1e-3, beta_1=0.5),
-        }
+        },
+        steps_per_execution=steps_per_execution,
     )
     return model
 

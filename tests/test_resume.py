@@ -82,6 +82,35 @@ def test_resume_in_mid_epoch_matches_an_uninterrupted_run(tmp_path, kind):
             )
 
 
+@pytest.mark.parametrize("kind", ["supervised", "duel"])
+@pytest.mark.parametrize("resumed_spe", [4, 3, 1])
+def test_resume_in_mid_epoch_with_fused_steps(tmp_path, kind, resumed_spe):
+    # Groups of 4: the backups are taken at the ends of executions, after
+    # batches 3 and 7 of each epoch. The interruption comes after batch 7 of
+    # epoch 1, before its backup, so the run resumes after batch 3, in
+    # groups of 4, 3 (the second group is half passed over) or 1.
+    backup_dir = tmp_path / "backup"
+
+    def backup():
+        return keras.callbacks.BackupAndRestore(backup_dir, save_freq=4)
+
+    with pytest.raises(Stop):
+        fit(build(kind, steps_per_execution=4), kind, EPOCHS, [Interrupt((1, 7)), backup()])
+    metadata = json.loads((backup_dir / "training_metadata.json").read_text())
+    assert metadata == {"epoch": 1, "batch": 3}
+
+    resumed = build(kind, steps_per_execution=resumed_spe)
+    history = fit(resumed, kind, EPOCHS, [backup()])
+    reference = build(kind)
+    reference_history = fit(reference, kind, EPOCHS)
+    _assert_same(weights(resumed), weights(reference))
+    if kind == "duel":  # the step's own trackers are restored too
+        for name in ("d_loss", "g_loss"):
+            np.testing.assert_allclose(
+                history.history[name], reference_history.history[name][1:], rtol=1e-6
+            )
+
+
 @pytest.mark.parametrize("second_stop", [(1, 4), (1, 7), (2, 1)])
 def test_interrupted_again_while_resuming(tmp_path, second_stop):
     # (1, 4): right after the passed-over batches, before any new backup;
