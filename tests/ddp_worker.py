@@ -284,6 +284,49 @@ def adversarial():
     save("adversarial", model, history, trace=trace.sums)
 
 
+def sam_and_mixup():
+    """The real ``sam`` and ``mixup`` steps: per-rank by design, but ranks stay equal.
+
+    SAM perturbs along each rank's own gradient (m-sharpness); MixUp and
+    CutMix pair examples within each rank's batch. Neither equals one
+    process with twice the batch, but the update that is applied is averaged,
+    so every rank must hold the same weights after every step.
+    """
+    rng = np.random.default_rng(9)
+    images = rng.normal(size=(48, 4, 4, 1)).astype("float32")
+    labels = (images.mean(axis=(1, 2, 3)) > 0).astype("int64")
+    cases = (
+        ("sam", "sam", {"rho": 0.05}),
+        ("mixup", "mixup", {"mode": "mixup", "seed": 3}),
+        ("cutmix", "mixup", {"mode": "cutmix", "seed": 3}),
+    )
+    for name, step, options in cases:
+        seed_model_init()
+        inputs = keras.Input((4, 4, 1))
+        hidden = keras.layers.Dense(8, activation="tanh")(keras.layers.Flatten()(inputs))
+        model = keras_steps.StepModel(
+            inputs, keras.layers.Dense(2)(hidden), step=step, step_options=options
+        )
+        # MixUp mixes the targets: one-hot ones.
+        if step == "mixup":
+            targets = keras.utils.to_categorical(labels, 2)
+            loss = keras.losses.CategoricalCrossentropy(from_logits=True)
+        else:
+            targets, loss = labels, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        model.compile(_sgd(), loss=loss, metrics=["accuracy"])
+        # Loss on the clean data: the steps' own training losses are of mixed
+        # or perturbed batches. Before training only for one process, whose
+        # init is rank 0's.
+        initial = model.evaluate(images, targets, verbose=0) if world() == 1 else None
+        trace = WeightTrace()
+        history = model.fit(
+            images, targets, batch_size=BATCH, epochs=8, shuffle=False,
+            callbacks=[trace], verbose=0,
+        )
+        final = model.evaluate(images, targets, verbose=0)
+        save(name, model, history, trace=trace.sums, initial=initial, final=final)
+
+
 class CollectiveSizes(keras.callbacks.Callback):
     """Sizes of the all-reduces made inside training steps."""
 
@@ -424,6 +467,7 @@ if __name__ == "__main__":
         gans()
         vae()
         adversarial()
+        sam_and_mixup()
         distillation()
         resume()
     elif scenario in ("raise", "hang"):

@@ -4,8 +4,8 @@ The slow tests launch ``torchrun --nproc_per_node=2 --standalone`` on
 tests/ddp_worker.py (global batch 16: 8 per rank) and compare with the same
 script run as one process (batch 16): Keras's own step and the catalog's
 real ``gan``, ``wgan-gp``, ``vae``, ``adversarial`` and ``distillation``
-steps. The fast ones
-check the helpers alone.
+steps; ``sam`` and ``mixup``, per-rank by design, are checked for equal ranks
+and for training. The fast ones check the helpers alone.
 """
 
 from __future__ import annotations
@@ -93,13 +93,30 @@ def test_mixed_precision_averages_before_the_loss_scale_optimizer(runs):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
-    ["supervised", "mixed", "gan", "wgan_gp", "vae", "adversarial", "distill", "distill_plain"],
+    [
+        "supervised", "mixed", "gan", "wgan_gp", "vae", "adversarial", "distill",
+        "distill_plain", "sam", "mixup", "cutmix",
+    ],
 )
 def test_ranks_hold_the_same_weights_after_every_step(runs, name):
     _, ddp, _ = runs
     trace0, trace1 = _record(ddp, name, 0)["trace"], _record(ddp, name, 1)["trace"]
     assert len(trace0) >= 3
     assert trace0 == trace1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sam", "mixup", "cutmix"])
+def test_per_rank_steps_train_and_end_equal_on_every_rank(runs, name):
+    """sam and mixup differ from one process by design (docs), but they train
+    and every rank ends with the same weights."""
+    ref, ddp, _ = runs
+    for a, b in zip(_weights(ddp, name, 0), _weights(ddp, name, 1), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # [loss, accuracy] on the clean data, from rank 0's (the one process's) init.
+    initial = _record(ref, name)["initial"][0]
+    for folder in (ref, ddp):
+        assert _record(folder, name)["final"][0] < 0.8 * initial, (folder.name, initial)
 
 
 @pytest.mark.slow
