@@ -16,7 +16,8 @@ updated by every batch, but only read once per execution. Predictions of the
 N batches are concatenated on the device.
 
 With ``jit_compile=True`` the *per-batch* step is wrapped in
-``torch.compile``, as Keras does for one step; the loop over the N batches
+``torch.compile`` with static shapes, as Keras does for one step (with
+automatic dynamic shapes); the loop over the N batches
 stays in Python, so the compiled graph does not grow with N and a partial last
 group needs no recompilation beyond the batch shape. A step torch.compile
 cannot run (a gradient penalty's double backward, say) fails with a
@@ -41,7 +42,13 @@ __all__ = ["make_predict_function", "make_test_function", "make_train_function"]
 def _maybe_compile(model: Any, fn: Callable) -> Callable:
     if not model._should_torch_compile():
         return fn
-    compiled = torch.compile(fn)
+    # Static shapes. With torch's automatic dynamic shapes, a Keras layer op
+    # that sees a second size (the conv code of a GAN's generator and of its
+    # discriminator) is recompiled with symbolic sizes, and inductor fails on
+    # the backward of a strided "same" convolution (torch 2.13). Static
+    # shapes compile each size once; past torch's recompile limit a frame
+    # runs eagerly.
+    compiled = torch.compile(fn, dynamic=False)
 
     def run(batch):
         try:

@@ -352,3 +352,58 @@ def test_jit_compile_of_an_uncompilable_step_names_the_step():
         model.fit(X[:8], Y[:8], batch_size=8, verbose=0)
     model.compile(optimizer="sgd", jit_compile=False)
     model.fit(X[:8], Y[:8], batch_size=8, verbose=0)
+
+
+def _conv_gan(jit_compile):
+    # Convolutions of several sizes, as in the seed's GAN: the same Keras conv
+    # code sees 4x4, 8x8 and 16x16 inputs.
+    keras.utils.set_random_seed(3)
+    generator = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(4 * 4 * 8),
+            keras.layers.Reshape((4, 4, 8)),
+            keras.layers.Conv2DTranspose(8, 4, strides=2, padding="same"),
+            keras.layers.LeakyReLU(negative_slope=0.2),
+            keras.layers.Conv2DTranspose(8, 4, strides=2, padding="same"),
+            keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid"),
+        ]
+    )
+    discriminator = keras.Sequential(
+        [
+            keras.Input((16, 16, 1)),
+            keras.layers.Conv2D(8, 3, strides=2, padding="same"),
+            keras.layers.LeakyReLU(negative_slope=0.2),
+            keras.layers.Conv2D(8, 3, strides=2, padding="same"),
+            keras.layers.GlobalMaxPooling2D(),
+            keras.layers.Dense(1),
+        ]
+    )
+    model = keras_steps.StepModel(
+        models={"generator": generator, "discriminator": discriminator},
+        step="gan",
+        step_options={"latent_dim": 8},
+    )
+    model.compile(
+        optimizer={"generator": keras.optimizers.Adam(1e-3), "discriminator": "adam"},
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+@pytest.mark.slow
+def test_jit_compile_of_a_conv_gan_matches_eager():
+    """Shapes that change from call to call must not make torch.compile fail.
+
+    With torch's default automatic dynamic shapes, the second size a Keras
+    conv sees makes its sizes symbolic, and inductor (torch 2.13) fails to
+    compile the backward of a strided "same" convolution.
+    """
+    images = np.random.default_rng(5).random((24, 16, 16, 1)).astype("float32")
+    results = {}
+    for jit in (False, True):
+        model = _conv_gan(jit)
+        history = model.fit(images, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        results[jit] = (history.history, model)
+    _assert_same_history(results[False][0], results[True][0], rtol=1e-4)
+    _assert_same_weights(results[False][1], results[True][1], atol=1e-4)
