@@ -16,8 +16,11 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _seed_and_clean():
-    """Seed every test and undo registry and dtype-policy changes after it."""
+    """Seed every test and undo registry, dtype-policy and torch.compile state after it."""
     keras.utils.set_random_seed(1337)
     yield
     keras.config.set_dtype_policy("float32")
     _registry.reset()
+    # Dynamo keeps what it learnt about code objects across models: after one
+    # step failed to compile, the same Keras frames run eagerly in the next.
+    torch._dynamo.reset()
