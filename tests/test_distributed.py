@@ -252,10 +252,10 @@ def test_batch_random_rows_of_all_ranks_make_the_global_draw(monkeypatch, blocks
     global_draw = keras.ops.convert_to_numpy(
         keras.random.uniform((blocks * world * per_rank, 2), seed=keras.random.SeedGenerator(5))
     )
-    monkeypatch.setattr(_distributed, "world_size", lambda: world)
+    monkeypatch.setattr(_distributed._group, "world_size", lambda: world)
     parts = []
     for r in range(world):
-        monkeypatch.setattr(_distributed, "rank", lambda r=r: r)
+        monkeypatch.setattr(_distributed._group, "rank", lambda r=r: r)
         parts.append(
             keras.ops.convert_to_numpy(
                 keras_steps.batch_random(
@@ -282,20 +282,20 @@ def test_batch_random_rejects_a_batch_not_made_of_blocks():
 
 
 def test_shards_split_rows_like_a_distributed_sampler(monkeypatch):
-    monkeypatch.setattr(_distributed, "world_size", lambda: 2)
-    monkeypatch.setattr(_distributed, "rank", lambda: 1)
+    monkeypatch.setattr(_distributed._group, "world_size", lambda: 2)
+    monkeypatch.setattr(_distributed._group, "rank", lambda: 1)
     x, y = np.arange(7), {"a": torch.arange(7)}
-    sx, sy, sw = _distributed.shard((x, y, None), drop_remainder=True)
+    sx, sy, sw = _distributed._data.shard((x, y, None), drop_remainder=True)
     np.testing.assert_array_equal(sx, [1, 3, 5])
     assert sy["a"].tolist() == [1, 3, 5]
     assert sw is None
-    np.testing.assert_array_equal(_distributed.shard(x, drop_remainder=False), [1, 3, 5])
-    monkeypatch.setattr(_distributed, "rank", lambda: 0)
-    np.testing.assert_array_equal(_distributed.shard(x, drop_remainder=False), [0, 2, 4, 6])
-    np.testing.assert_array_equal(_distributed.shard(x, drop_remainder=True), [0, 2, 4])
+    np.testing.assert_array_equal(_distributed._data.shard(x, drop_remainder=False), [1, 3, 5])
+    monkeypatch.setattr(_distributed._group, "rank", lambda: 0)
+    np.testing.assert_array_equal(_distributed._data.shard(x, drop_remainder=False), [0, 2, 4, 6])
+    np.testing.assert_array_equal(_distributed._data.shard(x, drop_remainder=True), [0, 2, 4])
 
 
 def test_a_bad_timeout_is_refused(monkeypatch):
     monkeypatch.setenv(_distributed.TIMEOUT_ENV, "soon")
     with pytest.raises(keras_steps.DistributedError, match="KERAS_STEPS_DIST_TIMEOUT"):
-        _distributed._timeout_s()
+        _distributed._group._timeout_s()

@@ -1,0 +1,49 @@
+"""Data-parallel ``fit()`` under ``torchrun``: the process group (``_group``),
+ranks kept equal (``_sync``), metrics over ranks (``_metrics``), each rank's
+data (``_data``), fit and evaluate per rank (``_run``), and per-rank noise
+(``_random``).
+
+Nothing here runs unless a ``torch.distributed`` process group is initialised:
+:class:`~keras_steps.StepModel` initialises one when ``torchrun`` started the
+process with ``WORLD_SIZE > 1`` (or uses the one the script made itself).
+See ``docs/distributed.md`` for the design and what was tested.
+
+Why not the ``torch.nn.parallel.DistributedDataParallel`` wrapper: it averages
+gradients only for a forward pass that goes through the wrapper, and steps
+call their networks directly (``model.models["generator"](z)``; Keras's own
+``train_step`` calls ``self(x)``), so their gradients would never be
+synchronised. DDP's algorithm is kept: weights broadcast from rank 0 at the
+start, then every gradient averaged over ranks (sum / world size) in flat
+buckets before the optimizer uses it. Here the averaging happens in
+``optimizer.apply``, which every update goes through whatever the step did
+to get its gradients (``keras_steps.backprop``, Keras's ``train_step``,
+``torch.autograd.grad`` with a double backward, several phases per batch).
+"""
+
+from keras_steps._distributed._group import (
+    TIMEOUT_ENV,
+    is_active,
+    rank,
+    select_device,
+    setup,
+    world_size,
+)
+from keras_steps._distributed._metrics import global_logs
+from keras_steps._distributed._random import batch_random
+from keras_steps._distributed._run import evaluate_arguments, fit_arguments
+from keras_steps._distributed._sync import TrainedState, average_gradients_in
+
+__all__ = [
+    "TIMEOUT_ENV",
+    "TrainedState",
+    "average_gradients_in",
+    "batch_random",
+    "evaluate_arguments",
+    "fit_arguments",
+    "global_logs",
+    "is_active",
+    "rank",
+    "select_device",
+    "setup",
+    "world_size",
+]

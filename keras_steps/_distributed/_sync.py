@@ -1,0 +1,144 @@
+"""Keeping the ranks' models equal: averaged gradients, rank 0's start, shared statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import keras
+import torch
+import torch.distributed as dist
+
+from keras_steps._distributed import _group
+from keras_steps._errors import StepError
+
+
+def average_gradients(grads: Sequence[Any], variables: Sequence[Any]) -> list[Any]:
+    """Average ``grads`` over all ranks: one flat all-reduce per dtype.
+
+    A gradient that is ``None`` on a rank counts as zeros there (that rank's
+    loss did not depend on the variable); it stays ``None`` only if it is
+    ``None`` on every rank, so optimizers skip the same variables everywhere.
+    """
+    if len(grads) != len(variables):
+        raise StepError(
+            f"optimizer.apply got {len(grads)} gradients for {len(variables)} variables."
+        )
+    if not grads:
+        return []
+    device = variables[0].value.device
+    tensors = [
+        g if g is not None else torch.zeros(v.shape, dtype=v.value.dtype, device=device)
+        for g, v in zip(grads, variables)
+    ]
+    present = torch.tensor([g is not None for g in grads], dtype=torch.float32, device=device)
+    *summed, counts = _group.all_reduce_sum("all-reduce of gradients", [*tensors, present])
+    n = _group.world_size()
+    return [None if c == 0 else s / n for s, c in zip(summed, counts.tolist())]
+
+
+def average_gradients_in(optimizer: Any) -> None:
+    """Make ``optimizer.apply`` average its gradients over ranks first.
+
+    Every update goes through ``apply`` (``keras_steps.backprop``, Keras's
+    ``train_step``, ``apply_gradients``), so this covers every step. For a
+    ``LossScaleOptimizer`` the outer ``apply`` is wrapped: all ranks then see
+    the same gradients and skip a non-finite step together. Idempotent; a
+    no-op while no process group is initialised.
+    """
+    if getattr(optimizer, "_keras_steps_averages_gradients", False):
+        return
+    local_apply = optimizer.apply
+
+    def apply(grads, trainable_variables=None):
+        if _group.is_active():
+            variables = (
+                optimizer._trainable_variables
+                if trainable_variables is None
+                else list(trainable_variables)
+            )
+            grads = average_gradients(list(grads), variables)
+        return local_apply(grads, trainable_variables)
+
+    apply.__doc__ = local_apply.__doc__
+    optimizer.apply = apply
+    optimizer._keras_steps_averages_gradients = True
+
+
+def unique(variables: Iterable[Any]) -> list[Any]:
+    seen: set[int] = set()
+    out = []
+    for v in variables:
+        if id(v) not in seen:
+            seen.add(id(v))
+            out.append(v)
+    return out
+
+
+def assign(variables: Sequence[Any], values: Sequence[torch.Tensor]) -> None:
+    for v, value in zip(variables, values):
+        v.assign(value)
+
+
+def broadcast_from_rank_zero(model: Any) -> None:
+    """Give every rank rank 0's model and optimizer state and start epoch.
+
+    Runs when fit() starts (after callbacks' ``on_train_begin``, so a
+    ``BackupAndRestore`` restore on rank 0 reaches every rank) and when a
+    standalone evaluate() starts. Includes seed generators, so random streams
+    agree across ranks (see ``keras_steps.batch_random``), and frozen networks once.
+    """
+    variables = list(model.variables)
+    for optimizer in model.optimizers.values():
+        variables.extend(optimizer.variables)
+    variables = unique(variables)
+    if variables:
+        values = _group.broadcast("broadcast of rank 0's weights", [v.value for v in variables])
+        assign(variables, values)
+    epoch = [getattr(model, "_initial_epoch", None)]
+    _group.collective("broadcast of the initial epoch", dist.broadcast_object_list, epoch, src=0)
+    model._initial_epoch = epoch[0]
+
+
+def trained_state(model: Any) -> list[Any]:
+    """Float non-trainable weights that training updates (BatchNorm statistics).
+
+    Only those of the networks that have an optimizer, and none of a frozen
+    (``trainable=False``) layer's: a frozen teacher is never synchronised.
+    """
+    networks = unique(model.models[role] for role in model.optimizers if role in model.models)
+    frozen: set[int] = set()
+    for network in networks:
+        for layer in network._flatten_layers(include_self=True):
+            if not layer.trainable:
+                frozen.update(id(w) for w in layer.weights)
+    return unique(
+        v
+        for network in networks
+        for v in network.non_trainable_weights
+        if id(v) not in frozen and keras.backend.is_float_dtype(v.dtype)
+    )
+
+
+class TrainedState:
+    """Averages a model's :func:`trained_state` over ranks after each step.
+
+    Each rank updated BatchNorm statistics from its own batch; the mean of
+    the ranks' moving means is the moving mean of the global batch's means.
+    A plain object, so that Keras does not track the cached variable list as
+    the model's own.
+    """
+
+    def __init__(self) -> None:
+        self._variables: list[Any] | None = None
+
+    def average(self, model: Any) -> None:
+        if self._variables is None:
+            self._variables = trained_state(model)
+        if not self._variables:
+            return
+        summed = _group.all_reduce_sum(
+            "all-reduce of BatchNorm-like statistics", [v.value for v in self._variables]
+        )
+        n = _group.world_size()
+        assign(self._variables, [s / n for s in summed])
