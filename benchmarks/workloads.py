@@ -27,6 +27,7 @@ from typing import Any
 import keras
 import torch
 from keras import layers
+from keras_steps_plugins.gan import seed_networks
 from torch import nn
 
 import keras_steps
@@ -316,41 +317,15 @@ def _gan_torch_batches(steps, device):
     return [(x.permute(0, 3, 1, 2).contiguous(),) for (x,) in _gan_keras_batches(steps, device)]
 
 
-def _seed_discriminator():
-    return keras.Sequential(
-        [
-            keras.Input(shape=(28, 28, 1)),
-            layers.Conv2D(64, (3, 3), strides=(2, 2), padding="same"),
-            layers.LeakyReLU(negative_slope=0.2),
-            layers.Conv2D(128, (3, 3), strides=(2, 2), padding="same"),
-            layers.LeakyReLU(negative_slope=0.2),
-            layers.GlobalMaxPooling2D(),
-            layers.Dense(1),
-        ],
-        name="discriminator",
-    )
-
-
-def _seed_generator():
-    return keras.Sequential(
-        [
-            keras.Input(shape=(LATENT_DIM,)),
-            layers.Dense(7 * 7 * 128),
-            layers.LeakyReLU(negative_slope=0.2),
-            layers.Reshape((7, 7, 128)),
-            layers.Conv2DTranspose(128, (4, 4), strides=(2, 2), padding="same"),
-            layers.LeakyReLU(negative_slope=0.2),
-            layers.Conv2DTranspose(128, (4, 4), strides=(2, 2), padding="same"),
-            layers.LeakyReLU(negative_slope=0.2),
-            layers.Conv2D(1, (7, 7), padding="same", activation="sigmoid"),
-        ],
-        name="generator",
-    )
+def _seed_networks():
+    # The catalog ships the seed's two networks, verbatim.
+    return seed_networks(latent_dim=LATENT_DIM)
 
 
 def _gan_steps_model(steps_per_execution=1, jit_compile=False):
+    generator, discriminator = _seed_networks()
     model = keras_steps.StepModel(
-        models={"generator": _seed_generator(), "discriminator": _seed_discriminator()},
+        models={"generator": generator, "discriminator": discriminator},
         step=GAN_STEP["name"],
         step_options=GAN_STEP["options"],
     )
@@ -369,7 +344,8 @@ def _gan_handwritten():
     # The seed copies its (already tensor) batch with torch.tensor(); torch
     # warns about that on every step.
     warnings.filterwarnings("ignore", message="To copy construct from a tensor")
-    gan = SeedGAN(_seed_discriminator(), _seed_generator(), LATENT_DIM)
+    generator, discriminator = _seed_networks()
+    gan = SeedGAN(discriminator, generator, LATENT_DIM)
     gan.compile(
         d_optimizer=keras.optimizers.Adam(learning_rate=0.0003),
         g_optimizer=keras.optimizers.Adam(learning_rate=0.0003),
