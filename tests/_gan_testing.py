@@ -3,26 +3,10 @@
 import keras
 import numpy as np
 import pytest
-import torch
 from keras import layers
 from PIL import Image
 
 import keras_steps
-
-
-@pytest.fixture
-def one_thread():
-    """Run a test on one torch thread, as these tiny models want.
-
-    On this shared 2-core machine, a second intra-op thread multiplied the CPU
-    time of the tiny-model tests by up to 25 (its workers spin while waiting);
-    the numbers are the same either way.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 #: Latents for measuring a generator on 2-D points (latent_dim 4).
 LATENTS_4 = np.random.default_rng(1).normal(size=(1000, 4)).astype("float32")

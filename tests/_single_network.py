@@ -19,19 +19,6 @@ import keras_steps
 FORMS = ("functional", "wrapper", "subclassed")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Run these tiny models on one thread, then restore the setting.
-
-    Their matrices are far too small to gain from intra-op threads, and on a
-    shared CPU the threads' contention made the files about 20 times slower.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def blobs(n=96, dim=8, classes=3, seed=0, spread=1.0):
     """Gaussian clusters, one per class: float32 inputs and int64 labels."""
     rng = np.random.default_rng(seed)

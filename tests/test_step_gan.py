@@ -14,15 +14,12 @@ from _gan_testing import (
     check_use_ema,
     gaussian_2d,
     mlp,
-    one_thread,
     snapshot,
 )
 from keras import layers
 from keras_steps_plugins import gan as gan_module
 
 import keras_steps
-
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 LATENT = 8
 ROLES = ("generator", "discriminator")

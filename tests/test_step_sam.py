@@ -16,7 +16,6 @@ from _single_network import (
     check_mixed_precision,
     check_optimizer_option,
     classifier,
-    one_torch_thread,  # noqa: F401 (an autouse fixture: importing it applies it)
 )
 
 import keras_steps

@@ -14,13 +14,10 @@ from _gan_testing import (
     check_use_ema,
     gaussian_2d,
     mlp,
-    one_thread,
 )
 from keras_steps_plugins import wgan_gp as wgan_gp_module
 
 import keras_steps
-
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 ROLES = ("generator", "critic")
 METRICS = {"d_loss", "g_loss", "gp", "wasserstein"}
