@@ -8,16 +8,15 @@ from _gan_testing import (
     LATENTS_4,
     assert_moves_toward,
     check_bad_option,
-    check_clipping,
-    check_gradient_accumulation,
     check_png,
-    check_use_ema,
+    fit_points,
     gaussian_2d,
     mlp,
     snapshot,
 )
 from keras import layers
 from keras_steps_plugins import gan as gan_module
+from step_checks import OPTIMIZER_CHECKS
 
 import keras_steps
 
@@ -429,21 +428,11 @@ def test_mixed_bfloat16_trains():
 
 
 # -- keras.optimizers options work unchanged ----------------------------------
-def sgd_gan(**kwargs):
-    return point_gan(optimizer=lambda: keras.optimizers.SGD(**kwargs))
-
-
-def test_gradient_accumulation_updates_every_second_batch():
-    check_gradient_accumulation(sgd_gan, gaussian_2d(64))
-
-
-def test_use_ema_keeps_moving_averages_of_both_networks():
-    check_use_ema(sgd_gan, gaussian_2d(64))
-
-
-@pytest.mark.parametrize("clip", ["clipnorm", "global_clipnorm"])
-def test_clipping_bounds_a_huge_update(clip):
-    check_clipping(sgd_gan, gaussian_2d(64), clip)
+@pytest.mark.parametrize("option", sorted(OPTIMIZER_CHECKS))
+def test_optimizer_options_apply_to_both_networks(option):
+    OPTIMIZER_CHECKS[option](
+        lambda make_optimizer: point_gan(optimizer=make_optimizer), fit_points
+    )
 
 
 # -- options ----------------------------------------------------------------------
