@@ -19,9 +19,10 @@ With ``jit_compile=True`` the *per-batch* step is wrapped in
 ``torch.compile`` with static shapes, as Keras does for one step (with
 automatic dynamic shapes); the loop over the N batches
 stays in Python, so the compiled graph does not grow with N and a partial last
-group needs no recompilation beyond the batch shape. A step torch.compile
-cannot run (a gradient penalty's double backward, say) fails with a
-``StepError`` naming the step, chained to torch's error.
+group needs one more compilation, for its batch shape. A step torch.compile
+cannot run (a double backward through a compiled graph, say) fails with a
+``StepError`` naming the step, chained to torch's error; the step can mark
+that part ``@torch.compiler.disable``, as ``wgan-gp`` does.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ def _maybe_compile(model: Any, fn: Callable) -> Callable:
             raise StepError(
                 f"Step {model.step!r} cannot run under compile(jit_compile=True): "
                 f"torch.compile failed with {type(exc).__name__}: {first}. "
-                "Compile the model with jit_compile=False (the default on torch)."
+                "Compile the model with jit_compile=False (the default on torch), or "
+                "mark the part of the step that cannot be compiled with "
+                "@torch.compiler.disable."
             ) from exc
 
     return run

@@ -112,7 +112,7 @@ def test_installed_step_conforms(name, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [s.name for s in keras_steps.list_steps()])
 def test_installed_step_compiles_like_eager(name, tmp_path):
-    """jit_compile=True with fused steps trains as eager does (wgan-gp: a clear error)."""
+    """jit_compile=True with fused steps trains as eager does."""
     kw = dict(
         seed=1337, epochs=2, batch_size=16, step_options=None, tmp_path=tmp_path,
         data=None, predict_data=None, models=None, compile=None,
@@ -126,11 +126,6 @@ def test_installed_step_compiles_like_eager(name, tmp_path):
             step, **{**kw, "compile": {**base, "jit_compile": jit, "steps_per_execution": 2}}
         )
         model = harness.build()
-        if jit and name == "wgan-gp":
-            # Its gradient penalty is a double backward, which AOTAutograd cannot run.
-            with pytest.raises(keras_steps.StepError, match="cannot run under compile"):
-                harness.fit(model)
-            return
         runs[jit] = (harness.fit(model).history, model)
     (eager, eager_model), (compiled, compiled_model) = runs[False], runs[True]
     assert eager.keys() == compiled.keys()

@@ -90,6 +90,10 @@ def step_call(model, inputs, training):
     return model.models["generator"](inputs, training=training)
 
 
+# Eager even under compile(jit_compile=True): the critic's update differentiates
+# the penalty's gradient again, and AOTAutograd cannot take the double
+# backward of a compiled graph. The rest of the step compiles around it.
+@torch.compiler.disable
 def gradient_penalty(critic, real, fake, alpha, create_graph=True, training=True):
     """``mean((||grad C(x_hat)|| - 1)^2)`` on ``x_hat = alpha*real + (1-alpha)*fake``.
 
