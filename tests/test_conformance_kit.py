@@ -537,3 +537,86 @@ def test_snapshots_do_not_follow_in_place_updates():
         variable.value.add_(1.0)
     assert before.tolist() == [0.0, 0.0, 0.0]
     assert to_numpy(variable).tolist() == [1.0, 1.0, 1.0]
+
+
+# -- fused and compiled ---------------------------------------------------------
+class ReadsResultsWhileTraining(Sound):
+    """Sound, except that it scales its loss by the running loss it reads back."""
+
+    @hookimpl
+    def train_step(model, data, options):
+        x, y = _unpack(data)
+        running = float(model.get_metrics_result()["loss"])
+        y_pred = model(x, training=True)
+        loss = keras.ops.mean(keras.ops.square(y - y_pred)) / (1.0 + running)
+        keras_steps.backprop(loss, model.optimizer, model.trainable_weights)
+        return _track(model.step_state, loss, y, y_pred)
+
+
+def test_sound_step_trains_the_same_fused():
+    assert check_step("sound", plugin=Sound, checks=["fused"]).ok
+
+
+def test_step_reading_its_logs_while_training_fails_fused():
+    with pytest.raises(ConformanceError) as excinfo:
+        check_step("reads-results", plugin=ReadsResultsWhileTraining, checks=["fused"])
+    message = _failure(excinfo)
+    assert "fused: failed" in message
+    assert "fit() with compile(steps_per_execution=3) raised KeyError" in message
+    assert "must not depend on the logs or on model.get_metrics_result()" in message
+
+
+def _input_gradient_penalty(model, x):
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x, training=True).sum(), x, create_graph=True)
+    return (grad**2).mean()
+
+
+class DoubleBackward(Sound):
+    """Sound plus an input-gradient penalty: a double backward through the network."""
+
+    penalty = staticmethod(_input_gradient_penalty)
+
+    @hookimpl
+    def train_step(self, model, data, options):
+        x, y = _unpack(data)
+        y_pred = model(x, training=True)
+        loss = keras.ops.mean(keras.ops.square(y - y_pred)) + 0.1 * self.penalty(model, x)
+        keras_steps.backprop(loss, model.optimizer, model.trainable_weights)
+        return _track(model.step_state, loss, y, y_pred)
+
+    @hookimpl
+    def step_options(self):
+        return Options
+
+    @hookimpl
+    def step_build(self):
+        return Sound.step_build()
+
+    @hookimpl
+    def test_step(self, model, data, options):
+        return Sound.test_step(model, data, options)
+
+
+class EagerPenalty(DoubleBackward):
+    """The same step, its penalty marked to run eagerly under torch.compile."""
+
+    penalty = staticmethod(torch.compiler.disable(_input_gradient_penalty))
+
+
+@pytest.mark.slow
+def test_compiled_check_names_the_remedy_for_what_cannot_compile():
+    with pytest.raises(ConformanceError) as excinfo:
+        check_step("double-backward", plugin=DoubleBackward(), checks=["compiled"])
+    message = _failure(excinfo)
+    assert "compiled: failed" in message
+    assert "fit() with compile(jit_compile=True) raised StepError" in message
+    assert "@torch.compiler.disable" in message
+    torch._dynamo.reset()  # forget the failure: the same frames follow
+    assert check_step("eager-penalty", plugin=EagerPenalty(), checks=["compiled"]).ok
+
+
+def test_compiled_is_run_only_when_named():
+    assert "compiled" not in CHECKS
+    report = check_step("sound", plugin=Sound, checks=["hooks"])
+    assert "compiled" not in report.results

@@ -33,6 +33,9 @@ The checks (names as in :data:`CHECKS`):
 - ``fit``: ``fit`` / ``evaluate`` / ``predict`` run on small synthetic data;
   ``fit`` logs finite metrics and updates every optimizer's networks,
   ``evaluate`` changes no weight, ``predict`` returns finite batches.
+- ``fused``: with ``compile(steps_per_execution=3)`` (several batches per
+  call of the train function, only the last one's logs used) the step trains
+  exactly as with one batch per call: same history, same weights.
 - ``metrics_reset``: every metric the step updates is reset by Keras at each
   epoch and at ``evaluate()`` (it lives in ``model.step_state`` or
   ``model.metrics``).
@@ -46,11 +49,17 @@ The checks (names as in :data:`CHECKS`):
   predictions. Skipped, with a :class:`ConformanceWarning` saying why, when
   this keras-steps cannot serialize a ``StepModel``.
 
+One more check runs only when named in ``checks=`` (:data:`OPTIONAL_CHECKS`),
+because torch.compile's warm-up takes 10-30 s:
+
+- ``compiled``: with ``compile(jit_compile=True)`` the step trains as in eager
+  mode, to float tolerance.
+
 A failing check raises :class:`ConformanceError`, an ``AssertionError`` whose
 message lists every defect found, each prefixed with its check's name.
 """
 
-from keras_steps.testing._check_step import CHECKS, check_step
+from keras_steps.testing._check_step import CHECKS, OPTIONAL_CHECKS, check_step
 from keras_steps.testing._hooks import HookFindings, hook_problems, inspect_hooks
 from keras_steps.testing._options import options_problems
 from keras_steps.testing._report import (
@@ -63,6 +72,7 @@ from keras_steps.testing._save_load import persistence_support
 
 __all__ = [
     "CHECKS",
+    "OPTIONAL_CHECKS",
     "CheckResult",
     "ConformanceError",
     "ConformanceReport",

@@ -13,6 +13,7 @@ from keras_steps._errors import StepError
 from keras_steps._options import StepOptions
 from keras_steps._registry import get_step, register_step, unregister_step
 from keras_steps._step import Step
+from keras_steps.testing._execution import check_compiled, check_fused
 from keras_steps.testing._harness import Harness
 from keras_steps.testing._hooks import hook_problems
 from keras_steps.testing._loss_scaling import check_loss_scaling
@@ -33,24 +34,31 @@ from keras_steps.testing._training import (
     check_mixed_precision,
 )
 
-#: Every check :func:`check_step` runs, in order.
+#: Every check :func:`check_step` runs by default, in order.
 CHECKS = (
     "hooks",
     "options",
     "fit",
+    "fused",
     "metrics_reset",
     "loss_scaling",
     "mixed_precision",
     "save_load",
 )
 
+#: Checks run only when named in ``checks=``: ``compiled`` spends 10-30 s in
+#: torch.compile's warm-up.
+OPTIONAL_CHECKS = ("compiled",)
+
 # The checks that train: each takes the Harness whose training run they share.
 _DYNAMIC = {
     "fit": check_fit,
+    "fused": check_fused,
     "metrics_reset": check_metrics_reset,
     "loss_scaling": check_loss_scaling,
     "mixed_precision": check_mixed_precision,
     "save_load": check_save_load,
+    "compiled": check_compiled,
 }
 
 
@@ -92,8 +100,9 @@ def check_step(
             optimizer role and one Adam per role otherwise.
         predict_data: what ``predict`` gets; defaults to ``x`` (a GAN predicts
             from latent vectors, for example).
-        checks: the names of the checks to run (see :data:`CHECKS`); all by
-            default.
+        checks: the names of the checks to run (see :data:`CHECKS`); all of
+            them by default. Name ``"compiled"`` (:data:`OPTIONAL_CHECKS`) to
+            also check training under ``jit_compile=True``.
         epochs: epochs of the main ``fit``; two, so the metric reset between
             epochs is exercised.
         batch_size: batch size for ``fit``, ``evaluate`` and ``predict``.
@@ -109,9 +118,12 @@ def check_step(
             networks for a multi-network step).
     """
     selected = list(CHECKS) if checks is None else list(checks)
-    unknown = [c for c in selected if c not in CHECKS]
+    unknown = [c for c in selected if c not in CHECKS + OPTIONAL_CHECKS]
     if unknown:
-        raise ValueError(f"Unknown check(s) {unknown}; the checks are {list(CHECKS)}.")
+        raise ValueError(
+            f"Unknown check(s) {unknown}; the checks are {list(CHECKS)}, and "
+            f"{list(OPTIONAL_CHECKS)} when named."
+        )
     report = ConformanceReport(step=name)
     registered = False
     try:

@@ -155,8 +155,12 @@ class Harness:
             kwargs["optimizer"] = clone(ser(opt))
         return kwargs
 
-    def build(self, optimizers: Callable[[str, Any], Any] | None = None):
-        """A fresh, compiled StepModel; ``optimizers`` maps (role, spec) to one."""
+    def build(self, optimizers: Callable[[str, Any], Any] | None = None, **compile_kwargs):
+        """A fresh, compiled StepModel; ``optimizers`` maps (role, spec) to one.
+
+        ``compile_kwargs`` (``steps_per_execution``, ``jit_compile``) override
+        the compile arguments the check was given.
+        """
         keras.utils.set_random_seed(self.seed)
         networks = self.models()
         if not isinstance(networks, dict):
@@ -175,7 +179,7 @@ class Harness:
             per_role = given if isinstance(given, dict) else {roles[0]: given}
             wrapped = {r: optimizers(r, per_role[r]) for r in roles}
             kwargs["optimizer"] = wrapped if len(roles) > 1 else wrapped[roles[0]]
-        model.compile(**kwargs)
+        model.compile(**{**kwargs, **compile_kwargs})
         return model
 
     def fit(self, model, epochs=None):
