@@ -35,6 +35,7 @@ from typing import Any
 import keras
 from keras.src.saving import object_registration
 
+from keras_steps import _distributed
 from keras_steps._errors import OptionsError, PluginError, StepError, UnknownStepError
 from keras_steps._options import StepOptions
 from keras_steps._registry import get_step
@@ -344,17 +345,22 @@ class _ResumeMidEpoch(keras.callbacks.Callback):
         self._tracker_values: list | None = None
 
     def on_train_begin(self, logs=None):
+        position = None
         for backup in self._backups:
-            position = _restored_position(backup)
-            if position is not None:
-                epoch, self._skip = position
+            restored = _restored_position(backup)
+            if restored is not None:
+                position = restored
                 # BackupAndRestore forgets where it resumed: its next backups
                 # would say epoch 0, and one taken while batches are passed
                 # over would hold later weights than its batch number says.
-                backup._current_epoch = epoch
-                backup._batches_seen_since_last_saving = -self._skip
-        if not self._skip:
+                backup._current_epoch = restored[0]
+                backup._batches_seen_since_last_saving = -restored[1]
+        # Under torchrun only rank 0 restores (the backup may be on its disk
+        # alone), and every rank must pass over the same batches.
+        position = _distributed.rank_zero_value(position, "the mid-epoch resume position")
+        if position is None:
             return
+        self._skip = position[1]
         self._tracker_values = [v.numpy() for v in _tracker_variables(self.model)]
         self._train_function = self.model.train_function
         self.model.train_function = self._pass_over

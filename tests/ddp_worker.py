@@ -13,6 +13,7 @@ Scenarios: ``train`` (all equivalence and bookkeeping checks), ``raise``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -435,6 +436,57 @@ def resume():
     save("resume", second, history, backup_written=backup.exists())
 
 
+class _Stop(Exception):
+    pass
+
+
+class _StopAt(keras.callbacks.Callback):
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise _Stop
+
+
+def resume_fused():
+    """Fused steps, interrupted in mid-epoch, resumed from rank 0's backup.
+
+    4 batches per epoch in groups of 2: backups after batches 1 and 3. The
+    run stops after batch 3 of epoch 1, before that batch's backup (the
+    interruption comes first), so it resumes after batch 1 of epoch 1. Only
+    rank 0 writes backups.
+    """
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(64, 3)).astype("float32")
+    y = (x @ np.array([[1.0], [-2.0], [0.5]], dtype="float32")).astype("float32")
+    # A folder per rank, as on machines that do not share a disk: rank 1 never
+    # sees rank 0's backup and must take its resume position from rank 0.
+    backup = OUT / f"backup_fused_rank{rank()}"
+
+    def build():
+        seed_model_init()
+        inputs = keras.Input((3,))
+        model = keras_steps.StepModel(inputs, keras.layers.Dense(1)(inputs))
+        model.compile(keras.optimizers.SGD(0.05), loss="mse", steps_per_execution=2)
+        return model
+
+    def run(model, *callbacks):
+        callbacks = [*callbacks, keras.callbacks.BackupAndRestore(str(backup), save_freq=2)]
+        return model.fit(
+            x, y, batch_size=BATCH, epochs=3, shuffle=False, callbacks=callbacks, verbose=0
+        )
+
+    with contextlib.suppress(_Stop):
+        run(build(), _StopAt((1, 3)))
+    history = run(build())  # a fresh model, initialised differently on each rank
+    save("resume_fused", history.model, history)
+
+
 # -- failures ------------------------------------------------------------------------
 class Misbehave(keras.callbacks.Callback):
     def __init__(self, how):
@@ -470,6 +522,7 @@ if __name__ == "__main__":
         sam_and_mixup()
         distillation()
         resume()
+        resume_fused()
     elif scenario in ("raise", "hang"):
         failing(scenario)
     else:

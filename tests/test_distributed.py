@@ -63,7 +63,10 @@ def _record(folder, name, rank=0):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
-    ["supervised", "loader", "gan", "wgan_gp", "vae", "adversarial", "distill_plain", "resume"],
+    [
+        "supervised", "loader", "gan", "wgan_gp", "vae", "adversarial", "distill_plain",
+        "resume", "resume_fused",
+    ],
 )
 def test_two_ranks_train_like_one_process_with_twice_the_batch(runs, name):
     ref, ddp, _ = runs

@@ -31,7 +31,7 @@ from keras_steps._distributed._group import (
 from keras_steps._distributed._metrics import global_logs
 from keras_steps._distributed._random import batch_random
 from keras_steps._distributed._run import evaluate_arguments, fit_arguments
-from keras_steps._distributed._sync import TrainedState, average_gradients_in
+from keras_steps._distributed._sync import TrainedState, average_gradients_in, rank_zero_value
 
 __all__ = [
     "TIMEOUT_ENV",
@@ -43,6 +43,7 @@ __all__ = [
     "global_logs",
     "is_active",
     "rank",
+    "rank_zero_value",
     "select_device",
     "setup",
     "world_size",

@@ -142,3 +142,13 @@ class TrainedState:
         )
         n = _group.world_size()
         assign(self._variables, [s / n for s in summed])
+
+
+def rank_zero_value(value: Any, what: str) -> Any:
+    """Rank 0's ``value`` (a picklable object) on every rank; ``value`` itself
+    when no process group is initialised."""
+    if not _group.is_active():
+        return value
+    box = [value]
+    _group.collective(f"broadcast of {what}", dist.broadcast_object_list, box, src=0)
+    return box[0]
