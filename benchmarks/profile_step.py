@@ -77,17 +77,16 @@ def python_view(model, data, steps: int) -> list[str]:
         "| part | share of the step |",
         "| --- | ---: |",
     ]
-    for label, suffix, name in PARTS:
-        cumulative = sum(
+    shares = {
+        label: sum(
             ct for (file, _, func), (_, _, _, ct, _) in stats.items()
             if func == name and file.endswith(suffix)
-        )
-        lines.append(f"| {label} | {cumulative / total:.1%} |")
-    step = sum(
-        ct for (file, _, func), (_, _, _, ct, _) in stats.items()
-        if func == "train_step" and file.endswith("keras_steps/_model.py")
-    )
-    lines.insert(4, f"| outside the step: data, fit loop, callbacks | {1 - step / total:.1%} |")
+        ) / total
+        for label, suffix, name in PARTS
+    }
+    outside = 1 - shares["the step (StepModel.train_step)"]
+    lines.append(f"| outside the step: data, fit loop, callbacks | {outside:.1%} |")
+    lines += [f"| {label} | {share:.1%} |" for label, share in shares.items()]
     own = sum(
         tt for (file, _, _), (_, _, tt, _, _) in stats.items()
         if f"{os.sep}keras_steps{os.sep}" in file

@@ -317,13 +317,8 @@ def _gan_torch_batches(steps, device):
     return [(x.permute(0, 3, 1, 2).contiguous(),) for (x,) in _gan_keras_batches(steps, device)]
 
 
-def _seed_networks():
-    # The catalog ships the seed's two networks, verbatim.
-    return seed_networks(latent_dim=LATENT_DIM)
-
-
 def _gan_steps_model(steps_per_execution=1, jit_compile=False):
-    generator, discriminator = _seed_networks()
+    generator, discriminator = seed_networks(latent_dim=LATENT_DIM)  # the seed's, verbatim
     model = keras_steps.StepModel(
         models={"generator": generator, "discriminator": discriminator},
         step=GAN_STEP["name"],
@@ -344,7 +339,7 @@ def _gan_handwritten():
     # The seed copies its (already tensor) batch with torch.tensor(); torch
     # warns about that on every step.
     warnings.filterwarnings("ignore", message="To copy construct from a tensor")
-    generator, discriminator = _seed_networks()
+    generator, discriminator = seed_networks(latent_dim=LATENT_DIM)  # the seed's, verbatim
     gan = SeedGAN(discriminator, generator, LATENT_DIM)
     gan.compile(
         d_optimizer=keras.optimizers.Adam(learning_rate=0.0003),
@@ -499,6 +494,27 @@ def _lightning_gan(device):
     return GAN()
 
 
+def _cnn_workload(name, description, data_format):
+    """The CNN workload with Keras in ``data_format``; torch always channels-first."""
+    return Workload(
+        name=name,
+        description=description,
+        batch_size=CNN_BATCH,
+        steps=64,
+        reps=7,
+        keras_batches=_cnn_nchw_batches if data_format == "channels_first" else _cnn_nhwc_batches,
+        torch_batches=_cnn_nchw_batches,
+        keras_steps_model=_cnn_steps_model(data_format),
+        keras_handwritten_model=_cnn_handwritten(data_format),
+        torch_trainer=_cnn_torch,
+        lightning_module=_lightning_supervised(
+            _cnn_torch_net,
+            lambda logits, y: (logits.argmax(1) == y).float().mean(),
+            nn.functional.cross_entropy,
+        ),
+    )
+
+
 WORKLOADS = {
     "mlp": Workload(
         name="mlp",
@@ -517,41 +533,17 @@ WORKLOADS = {
             nn.functional.mse_loss,
         ),
     ),
-    "cnn": Workload(
-        name="cnn",
-        description=f"small CNN: 2 conv + dense on 1x28x28 (channels-first), 10 classes, "
-                    f"batch {CNN_BATCH}, Adam",
-        batch_size=CNN_BATCH,
-        steps=64,
-        reps=7,
-        keras_batches=_cnn_nchw_batches,
-        torch_batches=_cnn_nchw_batches,
-        keras_steps_model=_cnn_steps_model("channels_first"),
-        keras_handwritten_model=_cnn_handwritten("channels_first"),
-        torch_trainer=_cnn_torch,
-        lightning_module=_lightning_supervised(
-            _cnn_torch_net,
-            lambda logits, y: (logits.argmax(1) == y).float().mean(),
-            nn.functional.cross_entropy,
-        ),
+    "cnn": _cnn_workload(
+        "cnn",
+        f"small CNN: 2 conv + dense on 1x28x28 (channels-first), 10 classes, batch {CNN_BATCH}, "
+        "Adam",
+        "channels_first",
     ),
-    "cnn_nhwc": Workload(
-        name="cnn_nhwc",
-        description="the same CNN, Keras in its default channels-last layout (28x28x1); "
-                    "torch and Lightning channels-first as in `cnn`",
-        batch_size=CNN_BATCH,
-        steps=64,
-        reps=7,
-        keras_batches=_cnn_nhwc_batches,
-        torch_batches=_cnn_nchw_batches,
-        keras_steps_model=_cnn_steps_model("channels_last"),
-        keras_handwritten_model=_cnn_handwritten("channels_last"),
-        torch_trainer=_cnn_torch,
-        lightning_module=_lightning_supervised(
-            _cnn_torch_net,
-            lambda logits, y: (logits.argmax(1) == y).float().mean(),
-            nn.functional.cross_entropy,
-        ),
+    "cnn_nhwc": _cnn_workload(
+        "cnn_nhwc",
+        "the same CNN, Keras in its default channels-last layout (28x28x1); torch and Lightning "
+        "channels-first as in `cnn`",
+        "channels_last",
     ),
     "gan": Workload(
         name="gan",
