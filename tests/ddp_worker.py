@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import torch
 import torch.distributed as dist
+from resume_worker import Stop, StopAt
 
 import keras_steps
 
@@ -436,23 +437,6 @@ def resume():
     save("resume", second, history, backup_written=backup.exists())
 
 
-class _Stop(Exception):
-    pass
-
-
-class _StopAt(keras.callbacks.Callback):
-    def __init__(self, at):
-        super().__init__()
-        self.at = at
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if (self.epoch, batch) == self.at:
-            raise _Stop
-
-
 def resume_fused():
     """Fused steps, interrupted in mid-epoch, resumed from rank 0's backup.
 
@@ -481,8 +465,8 @@ def resume_fused():
             x, y, batch_size=BATCH, epochs=3, shuffle=False, callbacks=callbacks, verbose=0
         )
 
-    with contextlib.suppress(_Stop):
-        run(build(), _StopAt((1, 3)))
+    with contextlib.suppress(Stop):
+        run(build(), StopAt(1, 3))
     history = run(build())  # a fresh model, initialised differently on each rank
     save("resume_fused", history.model, history)
 

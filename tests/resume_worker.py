@@ -199,12 +199,21 @@ def weights(model) -> list[np.ndarray]:
     return values
 
 
-class KillAt(keras.callbacks.Callback):
-    """SIGKILL this process right after batch ``batch`` of epoch ``epoch``."""
+class Stop(Exception):
+    """The interruption a test provokes with :class:`StopAt`."""
 
-    def __init__(self, epoch: int, batch: int):
+
+class StopAt(keras.callbacks.Callback):
+    """Interrupt fit() right after batch ``batch`` of epoch ``epoch``.
+
+    Raises :class:`Stop`, or with ``kill=True`` SIGKILLs this process. Put it
+    before a ``BackupAndRestore`` to stop before that batch's backup.
+    """
+
+    def __init__(self, epoch: int, batch: int, kill: bool = False):
         super().__init__()
         self.at = (epoch, batch)
+        self.kill = kill
         self.epoch = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -212,7 +221,9 @@ class KillAt(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if (self.epoch, batch) == self.at:
-            os.kill(os.getpid(), signal.SIGKILL)
+            if self.kill:
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise Stop
 
 
 def main(spec_path: str) -> None:
@@ -224,7 +235,7 @@ def main(spec_path: str) -> None:
     )
     callbacks = [backup]
     if spec.get("kill_at"):
-        callbacks.append(KillAt(*spec["kill_at"]))
+        callbacks.append(StopAt(*spec["kill_at"], kill=True))
     model = build(kind)
     history = fit(model, kind, epochs, callbacks)
     arrays = {f"resumed_{i}": w for i, w in enumerate(weights(model))}

@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from resume_worker import NEEDS_GAN, build, fit, weights
+from resume_worker import NEEDS_GAN, Stop, StopAt, build, fit, weights
 
 WORKER = Path(__file__).with_name("resume_worker.py")
 EPOCHS = 3
@@ -28,23 +28,6 @@ def _assert_same(a, b):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
-class Stop(Exception):
-    pass
-
-
-class Interrupt(keras.callbacks.Callback):
-    def __init__(self, at=STOP_AT):
-        super().__init__()
-        self.at = tuple(at)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if (self.epoch, batch) == self.at:
-            raise Stop
-
-
 @pytest.mark.parametrize("kind", ["supervised", "duel"])
 def test_resume_in_mid_epoch_matches_an_uninterrupted_run(tmp_path, kind):
     backup_dir = tmp_path / "backup"
@@ -55,7 +38,7 @@ def test_resume_in_mid_epoch_matches_an_uninterrupted_run(tmp_path, kind):
             EPOCHS,
             [
                 keras.callbacks.BackupAndRestore(backup_dir, save_freq=SAVE_FREQ),
-                Interrupt(),
+                StopAt(*STOP_AT),
             ],
         )
     metadata = json.loads((backup_dir / "training_metadata.json").read_text())
@@ -95,7 +78,7 @@ def test_resume_in_mid_epoch_with_fused_steps(tmp_path, kind, resumed_spe):
         return keras.callbacks.BackupAndRestore(backup_dir, save_freq=4)
 
     with pytest.raises(Stop):
-        fit(build(kind, steps_per_execution=4), kind, EPOCHS, [Interrupt((1, 7)), backup()])
+        fit(build(kind, steps_per_execution=4), kind, EPOCHS, [StopAt(1, 7), backup()])
     metadata = json.loads((backup_dir / "training_metadata.json").read_text())
     assert metadata == {"epoch": 1, "batch": 3}
 
@@ -124,9 +107,9 @@ def test_interrupted_again_while_resuming(tmp_path, second_stop):
         return model, fit(model, "duel", EPOCHS, [backup, *extra])
 
     with pytest.raises(Stop):
-        run(Interrupt())
+        run(StopAt(*STOP_AT))
     with pytest.raises(Stop):
-        run(Interrupt(second_stop))
+        run(StopAt(*second_stop))
     resumed, _ = run()
     reference = build("duel")
     fit(reference, "duel", EPOCHS)
@@ -151,7 +134,7 @@ def test_plain_keras_replays_the_epoch_which_is_what_stepmodel_avoids(tmp_path):
             EPOCHS,
             [
                 keras.callbacks.BackupAndRestore(backup_dir, save_freq=SAVE_FREQ),
-                Interrupt(),
+                StopAt(*STOP_AT),
             ],
         )
     resumed = plain()
