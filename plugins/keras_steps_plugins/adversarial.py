@@ -231,21 +231,29 @@ def attack(model, x, y, options: AdversarialOptions):
     else:
         x_adv = project(x)
     step_size = attack_step_size(options)
-    optimizer = model.optimizer
+    # One function per attack step: under jit_compile, a graph break inside a
+    # loop (the input gradient is one) makes torch.compile run the looping
+    # frame eagerly, but the function it calls is compiled as a unit.
     for _ in range(options.n_steps):
-        x_adv.requires_grad_(True)
-        # evaluate() runs test_step under torch.no_grad(); the attack needs a graph.
-        with torch.enable_grad():
-            pred = model(x_adv, training=False)
-            # Each example is attacked on its own, so sample weights (which only
-            # rescale per-example gradients) are left out. The loss scale keeps
-            # float16 input gradients from underflowing to a zero sign.
-            loss = _compiled.compiled_loss(model, x_adv, y, pred, None, training=False)
-            if optimizer is not None:
-                loss = optimizer.scale_loss(loss)
-            (grad,) = torch.autograd.grad(loss, [x_adv])
-        x_adv = project(x_adv.detach() + step_size * grad.sign())
+        # A leaf made here, not inside _ascend: dynamo breaks the graph when a
+        # compiled function returns a tensor it made require grad.
+        x_adv = project(_ascend(model, x_adv.detach().requires_grad_(True), y, step_size))
     return x_adv.detach()
+
+
+def _ascend(model, x_adv, y, step_size):
+    """One signed-gradient step from ``x_adv`` (a leaf that requires grad), unprojected."""
+    # evaluate() runs test_step under torch.no_grad(); the attack needs a graph.
+    with torch.enable_grad():
+        pred = model(x_adv, training=False)
+        # Each example is attacked on its own, so sample weights (which only
+        # rescale per-example gradients) are left out. The loss scale keeps
+        # float16 input gradients from underflowing to a zero sign.
+        loss = _compiled.compiled_loss(model, x_adv, y, pred, None, training=False)
+        if model.optimizer is not None:
+            loss = model.optimizer.scale_loss(loss)
+        (grad,) = torch.autograd.grad(loss, [x_adv])
+    return x_adv.detach() + step_size * grad.sign()
 
 
 def _with_adversarial_metrics(model, results, x, y, adv_pred, adv_loss):

@@ -108,33 +108,45 @@ def _labels(batch_size):
 
 @keras_steps.hookimpl
 def train_step(model, data, options):
+    state = model.step_state
+    real = real_batch(data)
+    # Each update is a function of its own: under jit_compile, a graph break
+    # (every backward is one) inside a loop makes torch.compile run the whole
+    # looping frame eagerly, but the function it calls is compiled as a unit.
+    for _ in range(options.d_steps):
+        state["d_loss"].update_state(_discriminator_update(model, real, options))
+    state["g_loss"].update_state(_generator_update(model, real.shape[0], options))
+    return {"d_loss": state["d_loss"].result(), "g_loss": state["g_loss"].result()}
+
+
+def _discriminator_update(model, real, options):
     generator = model.models["generator"]
     discriminator = model.models["discriminator"]
-    state = model.step_state
-    seed = state["seed_generator"]
-    real = real_batch(data)
+    seed = model.step_state["seed_generator"]
     batch_size = real.shape[0]
-
-    for _ in range(options.d_steps):
-        latents = draw_latents(batch_size, options.latent_dim, seed)
-        # The discriminator's loss must not reach the generator: the seed
-        # back-propagated it there and threw the gradients away.
-        with torch.no_grad():
-            fake = generator(latents, training=True)
-        combined = keras.ops.concatenate([fake, real], axis=0)
-        labels = _labels(batch_size)
-        # One draw for the stacked [fakes; reals] labels, as in the seed: two
-        # per-example blocks, so that each rank gets its rows of both.
-        labels = labels + options.label_noise * keras_steps.batch_random(
-            keras.random.uniform, labels.shape, seed=seed, blocks=2
-        )
-        d_loss = _bce(labels, discriminator(combined, training=True))
-        keras_steps.backprop(
-            d_loss, model.optimizers["discriminator"], discriminator.trainable_weights
-        )
-        state["d_loss"].update_state(d_loss)
-
     latents = draw_latents(batch_size, options.latent_dim, seed)
+    # The discriminator's loss must not reach the generator: the seed
+    # back-propagated it there and threw the gradients away.
+    with torch.no_grad():
+        fake = generator(latents, training=True)
+    combined = keras.ops.concatenate([fake, real], axis=0)
+    labels = _labels(batch_size)
+    # One draw for the stacked [fakes; reals] labels, as in the seed: two
+    # per-example blocks, so that each rank gets its rows of both.
+    labels = labels + options.label_noise * keras_steps.batch_random(
+        keras.random.uniform, labels.shape, seed=seed, blocks=2
+    )
+    d_loss = _bce(labels, discriminator(combined, training=True))
+    keras_steps.backprop(
+        d_loss, model.optimizers["discriminator"], discriminator.trainable_weights
+    )
+    return d_loss
+
+
+def _generator_update(model, batch_size, options):
+    generator = model.models["generator"]
+    discriminator = model.models["discriminator"]
+    latents = draw_latents(batch_size, options.latent_dim, model.step_state["seed_generator"])
     misleading_labels = keras.ops.zeros((batch_size, 1))
     predictions = discriminator(generator(latents, training=True), training=True)
     g_loss = _bce(misleading_labels, predictions)
@@ -143,8 +155,7 @@ def train_step(model, data, options):
     keras_steps.backprop(
         g_loss, model.optimizers["generator"], generator.trainable_weights
     )
-    state["g_loss"].update_state(g_loss)
-    return {"d_loss": state["d_loss"].result(), "g_loss": state["g_loss"].result()}
+    return g_loss
 
 
 @keras_steps.hookimpl
