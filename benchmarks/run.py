@@ -67,7 +67,7 @@ def parse_args(argv=None):
                    help="skip the dispatch benchmark (issue 2: StepModel vs hand-written "
                         "train_step vs keras.Model on the seed MLP)")
     p.add_argument("--no-explain", action="store_true",
-                   help="skip torch._dynamo.explain of the compiled steps")
+                   help="skip the torch.compile report (compile_report.py) under each table")
     p.add_argument("--gan-step", default="gan",
                    help="registered GAN step for keras_steps, roles generator/discriminator "
                         "(default: the catalog's gan step)")
@@ -90,6 +90,7 @@ import keras  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(HERE))
+import compile_report  # noqa: E402
 import workloads as wl  # noqa: E402
 
 import keras_steps  # noqa: E402
@@ -306,27 +307,6 @@ def measure_cpu_memory(workload_name, variants, extra_args):
     return out
 
 
-def explain(workload) -> dict:
-    """Graph count and breaks of the keras_steps train step under torch.compile."""
-    import torch._dynamo
-
-    keras.utils.set_random_seed(0)
-    model = workload.keras_steps_model()
-    batches = workload.keras_batches(2, ARGS.device)
-    model.fit(wl.loader(batches[:1]), epochs=1, verbose=0)  # build optimizers, metrics
-    torch._dynamo.reset()
-    result = torch._dynamo.explain(model.train_step)(batches[1])
-    reasons = []
-    for brk in result.break_reasons:
-        first = brk.reason.strip().splitlines()[0]
-        frame = brk.user_stack[-1] if brk.user_stack else None
-        where = f"{pathlib.Path(frame.filename).name}:{frame.lineno}" if frame else "?"
-        reasons.append(f"{first} ({where})")
-    torch._dynamo.reset()
-    return {"graphs": result.graph_count, "breaks": result.graph_break_count,
-            "reasons": reasons}
-
-
 class _SyncCallbacks(keras.callbacks.Callback):
     """Overrides a batch hook, so Keras runs callbacks in this thread, not a pool."""
 
@@ -481,12 +461,6 @@ def table(name, description, rows, steps, reps) -> list[str]:
     return lines
 
 
-def explain_lines(explained: dict) -> list[str]:
-    lines = [f"torch.compile of the keras_steps train step: {explained['graphs']} graph(s), "
-             f"{explained['breaks']} graph break(s)."]
-    return lines + [f"- {r}" for r in explained["reasons"]]
-
-
 def dispatch_lines(reps: int) -> list[str]:
     d = dispatch_benchmark(reps)
     lines = ["### dispatch (issue 2): seed MLP through fit(x, y), numpy arrays, batch 32",
@@ -561,7 +535,7 @@ def main() -> None:
         if name == "gan":
             lines += ["", f"keras_steps runs the GAN with the step `{wl.GAN_STEP['name']}`."]
         if not ARGS.no_explain and any("jit" in v for v in variants):
-            lines += ["", *explain_lines(explain(workload))]
+            lines += ["", *compile_report.lines(compile_report.report(workload, ARGS.device))]
         if CUDA:
             lines += ["", "Host-device synchronisations (torch.cuda sync debug mode):", ""]
             lines += [f"- {line}" for line in check_syncs(workload, steps)]

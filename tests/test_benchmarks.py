@@ -4,7 +4,11 @@ import pathlib
 import subprocess
 import sys
 
+import keras
 import pytest
+import torch
+
+import keras_steps
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 VARIANTS = ("keras_steps", "keras_steps_spe16", "keras_handwritten", "torch")
@@ -72,3 +76,84 @@ def test_step_profile_names_where_the_time_goes(view):
         ours, theirs = (float(x) for x in rows["all aten operators"])
         assert ours > 0 and theirs > 0
         assert "`aten::mm`" in rows or "`aten::addmm`" in rows
+
+
+def _compile_report():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import compile_report
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return compile_report
+
+
+class _LoopedUpdates:
+    """Two updates in a loop, each ending in a backward: a graph break in a loop."""
+
+    @keras_steps.hookimpl
+    def train_step(self, model, data):
+        for _ in range(2):
+            loss = _update(model, data)
+        return {"loss": loss}
+
+    @keras_steps.hookimpl
+    def test_step(self):
+        return {}
+
+
+class _OneUpdate:
+    """The same update without the loop: its graph break is no reason to skip the frame."""
+
+    @keras_steps.hookimpl
+    def train_step(self, model, data):
+        return {"loss": _update(model, data)}
+
+    @keras_steps.hookimpl
+    def test_step(self):
+        return {}
+
+
+def _update(model, data):
+    x, y = data
+    loss = keras.ops.mean((model(x, training=True) - y) ** 2)
+    keras_steps.backprop(loss, model.optimizer, model.trainable_weights)
+    return loss
+
+
+def _dense(step):
+    inputs = keras.Input(shape=(4,))
+    model = keras_steps.StepModel(inputs, keras.layers.Dense(1)(inputs), step=step)
+    model.compile(optimizer="sgd", loss="mse", jit_compile=True)
+    return model
+
+
+@pytest.mark.slow
+def test_compile_report_names_the_frames_torch_compile_runs_eagerly():
+    report = _compile_report()
+    keras_steps.register_step(_LoopedUpdates(), name="looped")
+    keras_steps.register_step(_OneUpdate(), name="one_update")
+    batches = [(torch.rand(8, 4), torch.rand(8, 1)) for _ in range(3)]
+    looped = report.compiled_epoch(_dense("looped"), batches)
+    assert looped["graphs"] > 0
+    skipped = [s for s in looped["skipped"] if "test_benchmarks.py:" in s]
+    assert [s.split(" (")[0] for s in skipped] == ["train_step"], looped
+    single = report.compiled_epoch(_dense("one_update"), batches)
+    assert single["graphs"] > 0
+    assert not [s for s in single["skipped"] if "test_benchmarks.py:" in s], single
+
+
+@pytest.mark.slow
+def test_compile_report_of_a_workload_locates_each_graph_break():
+    report = _compile_report()
+    import workloads
+
+    result = report.report(workloads.WORKLOADS["mlp"], "cpu")
+    assert result["explain"]["graphs"] == result["explain"]["breaks"] + 1
+    # Keras's train_step calls backward(), which dynamo does not trace: the
+    # break is located in Keras's file, not in torch's.
+    assert any(
+        r.startswith("Unsupported Tensor.backward() call (keras/src/backend/torch/trainer.py:")
+        for r in result["explain"]["reasons"]
+    ), result
+    text = "\n".join(report.lines(result))
+    assert "run eagerly, a graph break in a loop: none" in text
