@@ -1,6 +1,7 @@
 """The benchmark suite runs and writes its table (no timing is checked here)."""
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -157,3 +158,24 @@ def test_compile_report_of_a_workload_locates_each_graph_break():
     ), result
     text = "\n".join(report.lines(result))
     assert "run eagerly, a graph break in a loop: none" in text
+
+
+@pytest.mark.slow
+def test_compile_report_names_the_functions_past_the_recompile_limit():
+    report = _compile_report()
+
+    def model():
+        inputs = keras.Input(shape=(4,))
+        hidden = keras.layers.Dense(3, activation="relu")(inputs)
+        model = keras_steps.StepModel(inputs, keras.layers.Dense(1)(hidden))
+        model.compile(optimizer="sgd", loss="mse", jit_compile=True)
+        return model
+
+    batches = [(torch.rand(8, 4), torch.rand(8, 1)) for _ in range(3)]
+    assert report.compiled_epoch(model(), batches)["limited"] == []
+    # A limit of 1 leaves no room for the recompilations the default of 8 absorbs.
+    with torch._dynamo.config.patch(recompile_limit=1):
+        limited = report.compiled_epoch(model(), batches)["limited"]
+    assert limited, limited
+    for function in limited:  # "name (keras/src/...py:line)": whose code, where
+        assert re.fullmatch(r"\w+ \(keras/src/\S+\.py:\d+\)", function), limited
