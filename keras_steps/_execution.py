@@ -1,12 +1,16 @@
 """Train, test and predict functions for the torch backend: fused and compiled.
 
-Keras 3's ``TorchTrainer`` refuses ``steps_per_execution > 1``, although its
-``EpochIterator`` already hands the train function a list of up to
-``steps_per_execution`` batches and ``fit``/``evaluate``/``predict`` already
-call callbacks once per such list, as on the other backends. The functions
-built here run every batch of the list, so a fused execution costs one round of
-callbacks (and, on a GPU, one host-device synchronisation when the progress
-bar reads the logs) for N batches.
+Keras's torch trainer refuses ``steps_per_execution > 1`` before Keras 3.16,
+although its ``EpochIterator`` already hands the train function a list of up
+to ``steps_per_execution`` batches and ``fit``/``evaluate``/``predict``
+already call callbacks once per such list, as on the other backends. The
+functions built here run every batch of the list, so a fused execution costs
+one round of callbacks (and, on a GPU, one host-device synchronisation when
+the progress bar reads the logs) for N batches. Keras 3.16 runs such a list
+too, but materialises every batch's logs and compiles the whole step method
+with automatic dynamic shapes; ``StepModel`` uses the functions here on every
+Keras version, so fusing and compiling behave the same on all of them
+(docs/distributed.md has the per-version table).
 
 Inside an execution nothing is moved to the host: the step's logs are torch
 tensors and only the last batch's logs leave the function. The other batches'
@@ -32,7 +36,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch._dynamo
+import torch._dynamo.exc  # no public torch.compiler name for dynamo's errors
 from keras import tree
 
 from keras_steps._errors import StepError
@@ -40,8 +44,14 @@ from keras_steps._errors import StepError
 __all__ = ["make_predict_function", "make_test_function", "make_train_function"]
 
 
+def _compiles(model: Any) -> bool:
+    # compile() already turns jit_compile off under run_eagerly; run_eagerly
+    # set afterwards wins too, as in Keras.
+    return bool(model.jit_compile) and not model.run_eagerly
+
+
 def _maybe_compile(model: Any, fn: Callable) -> Callable:
-    if not model._should_torch_compile():
+    if not _compiles(model):
         return fn
     # Static shapes. With torch's automatic dynamic shapes, a Keras layer op
     # that sees a second size (the conv code of a GAN's generator and of its
@@ -139,7 +149,7 @@ def _logs_discarded(model: Any) -> Iterator[None]:
     # Under torch.compile the results are part of the graph and cost next to
     # nothing, while a flag that flips inside an execution would make dynamo
     # compile every step twice.
-    if model._should_torch_compile():
+    if _compiles(model):
         yield
         return
     model._discarding_logs = True

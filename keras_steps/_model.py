@@ -8,12 +8,9 @@ from types import MappingProxyType
 from typing import Any
 
 import keras
-from keras.src.models.functional import Functional
-from keras.src.models.model import Trainer as _BackendTrainer
-from keras.src.models.model import functional_init_arguments
-from keras.src.utils import python_utils
 
 from keras_steps import _distributed, _execution, _saving
+from keras_steps import _keras_private as _private
 from keras_steps._errors import RoleError, StepError
 from keras_steps._options import StepOptions
 from keras_steps._registry import get_step
@@ -23,7 +20,7 @@ __all__ = ["StepModel"]
 
 
 @keras.saving.register_keras_serializable(package="keras_steps")
-class StepModel(keras.Model):
+class StepModel(_private.TrainerHooks, keras.Model):
     """A ``keras.Model`` that trains with a step chosen by name.
 
     Three forms, as with ``keras.Model``::
@@ -81,8 +78,8 @@ class StepModel(keras.Model):
         # keras.Model would rewrite the *class* hierarchy of a subclass built
         # functionally (inject_functional_model_class), which breaks every later
         # subclassed use of it. A cached mixed-in variant keeps classes intact.
-        if functional_init_arguments(args, kwargs):
-            cls = _variant(cls, Functional)
+        if _private.functional_init_arguments(args, kwargs):
+            cls = _variant(cls, _private.Functional)
         elif kwargs.get("models") is not None:
             cls = _variant(cls, _CallsRoleModels)
         # Skips keras.Model.__new__, which drops the arguments that Keras's
@@ -104,15 +101,15 @@ class StepModel(keras.Model):
             resolved = get_step(step)
             options = resolved.validate_options(step_options)
         _distributed.setup()
-        functional = functional_init_arguments(args, kwargs)
+        functional = _private.functional_init_arguments(args, kwargs)
         if functional and models is not None:
             raise RoleError(
                 f"StepModel(step={step!r}) got both inputs/outputs and models=; "
                 "use one form: StepModel(inputs, outputs, ...) or StepModel(models={...})."
             )
         if functional:
-            _BackendTrainer.__init__(self)
-            Functional.__init__(self, *args, **kwargs)
+            _private.BackendTrainer.__init__(self)
+            _private.Functional.__init__(self, *args, **kwargs)
         else:
             keras.Model.__init__(self, *args, **kwargs)
         self._attach(resolved, options, models)
@@ -177,7 +174,7 @@ class StepModel(keras.Model):
     @property
     def metrics(self):
         metrics = super().metrics
-        tracker = getattr(self, "_loss_tracker", None)
+        tracker = self.compiled_loss_tracker()
         own = next(
             (m for m in self.step_state.values() if getattr(m, "name", None) == "loss"), None
         )
@@ -188,8 +185,21 @@ class StepModel(keras.Model):
             metrics = [own if m is tracker else m for m in metrics if m is not own]
         return metrics
 
+    def compiled_loss_tracker(self):
+        """The metric behind ``"loss"`` in the logs for the loss given to ``compile()``.
+
+        A step that trains with the compiled loss (as Keras's own
+        ``train_step`` does) updates this ``keras.metrics.Mean`` with each
+        batch's loss, weighted by the batch size, rather than a second
+        metric named ``"loss"``.
+
+        Returns:
+            The tracker, or None before ``compile()``.
+        """
+        return _private.loss_tracker(self)
+
     # -- saving --------------------------------------------------------------
-    @python_utils.default  # keeps Keras's automatic config for subclasses
+    @_private.default_config  # keeps Keras's automatic config for subclasses
     def get_config(self):
         _saving.register_variant_name(type(self))
         if self._role_models is None:
@@ -285,10 +295,19 @@ class StepModel(keras.Model):
                     for r, o in role_optimizers.items()
                 }
             self._step_optimizers = role_optimizers
-            self._compile_config.config["optimizer"] = dict(role_optimizers)
             self._build_role_optimizers()
         else:
             self._step_optimizers = {}
+
+    def get_compile_config(self):
+        """``compile()``'s arguments for saving, with one optimizer per role."""
+        config = super().get_compile_config()
+        if config is not None and self._step_optimizers:
+            # keras.Model.compile got optimizer=None for a multi-role step.
+            config["optimizer"] = keras.saving.serialize_keras_object(
+                dict(self._step_optimizers)
+            )
+        return config
 
     def _split_optimizers(self, optimizer, roles):
         """Return (optimizer for keras.Model.compile, per-role dict or None)."""
@@ -405,10 +424,11 @@ class StepModel(keras.Model):
             return _DiscardedLogs()
         return super().get_metrics_result()
 
-    def _get_metrics_result_or_logs(self, logs):
+    def _epoch_logs(self, logs, keras_logs):
+        # What fit() and evaluate() report for an epoch (see TrainerHooks).
         if _distributed.is_active():
             return _distributed.global_logs(self, logs)
-        return super()._get_metrics_result_or_logs(logs)
+        return keras_logs(logs)
 
     def test_step(self, data):
         return self._test_hook(self, data, self._step_options)

@@ -33,9 +33,8 @@ import os
 from typing import Any
 
 import keras
-from keras.src.saving import object_registration
 
-from keras_steps import _distributed
+from keras_steps import _distributed, _keras_private
 from keras_steps._errors import OptionsError, PluginError, StepError, UnknownStepError
 from keras_steps._options import StepOptions
 from keras_steps._registry import get_step
@@ -90,7 +89,7 @@ def register_variant_name(variant: type) -> None:
     base = getattr(variant, "_step_base", None)
     if base is None:
         return
-    names = object_registration.GLOBAL_CUSTOM_NAMES
+    names = _keras_private.global_custom_names()
     if base in names:
         names[variant] = names[base]
     else:
@@ -288,8 +287,8 @@ def _unsaved_state(model: Any) -> dict[str, Any]:
             found[f"{STATE_PREFIX}{name}"] = item.state
             owned.add(id(item))
     i = 0
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        for generator in layer._seed_generators:
+    for layer in _keras_private.layers_of(model):
+        for generator in _keras_private.seed_generators_of(layer):
             if id(generator) not in owned:
                 owned.add(id(generator))
                 found[f"{SEED_PREFIX}{i}"] = generator.state
@@ -353,8 +352,7 @@ class _ResumeMidEpoch(keras.callbacks.Callback):
                 # BackupAndRestore forgets where it resumed: its next backups
                 # would say epoch 0, and one taken while batches are passed
                 # over would hold later weights than its batch number says.
-                backup._current_epoch = restored[0]
-                backup._batches_seen_since_last_saving = -restored[1]
+                _keras_private.backup_resumed_at(backup, *restored)
         # Under torchrun only rank 0 restores (the backup may be on its disk
         # alone), and every rank must pass over the same batches.
         position = _distributed.rank_zero_value(position, "the mid-epoch resume position")
@@ -367,12 +365,7 @@ class _ResumeMidEpoch(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         for backup in self._backups:
-            # Keras 3.15 resets this to 0 at an epoch's end, one more than the
-            # "no batch yet" it means: with steps_per_execution=N the first
-            # group of every later epoch then counts N-1 batches, and
-            # save_freq=N skips its backup.
-            if getattr(backup, "_last_batch_seen", None) == 0:
-                backup._last_batch_seen = -1
+            _keras_private.backup_reset_last_batch_seen(backup)
         if self._tracker_values is not None:
             variables = _tracker_variables(self.model)
             for variable, value in zip(variables, self._tracker_values, strict=True):
@@ -414,7 +407,7 @@ def _restored_position(backup: Any) -> tuple[int, int] | None:
     """(epoch, batches of it already trained) of a mid-epoch backup, else None."""
     if backup.save_freq == "epoch":
         return None  # backups at epoch ends: Keras resumes them exactly
-    path = getattr(backup, "_training_metadata_path", None)
+    path = _keras_private.backup_metadata_path(backup)
     if path is None:
         raise StepError(
             "keras.callbacks.BackupAndRestore of this Keras version has no "

@@ -23,4 +23,4 @@ def _seed_and_clean():
     _registry.reset()
     # Dynamo keeps what it learnt about code objects across models: after one
     # step failed to compile, the same Keras frames run eagerly in the next.
-    torch._dynamo.reset()
+    torch.compiler.reset()

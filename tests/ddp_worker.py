@@ -471,6 +471,99 @@ def resume_fused():
     save("resume_fused", history.model, history)
 
 
+# -- what Keras's torch trainer may also do (3.16: DDP, metric all-reduce, sharding) ----
+class SeenExamples(keras.metrics.Metric):
+    """How many times each example was trained on this epoch (ids in y[:, 1]).
+
+    Its one variable is summed over ranks once per epoch, so over all ranks
+    every count is 1: a count of 2 means the metric was reduced twice (or the
+    data not sharded), a count of 0 that the data was sharded twice.
+    """
+
+    def __init__(self, examples, name="seen", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.examples = examples
+        self.counts = self.add_variable(
+            (examples,), initializer="zeros", name="counts", aggregation="sum"
+        )
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        ids = keras.ops.cast(y_true[:, 1], "int32")
+        self.counts.assign_add(keras.ops.sum(keras.ops.one_hot(ids, self.examples), axis=0))
+
+    def result(self):
+        counts = self.counts.value
+        return {
+            "seen_min": keras.ops.min(counts),
+            "seen_max": keras.ops.max(counts),
+            "seen_total": keras.ops.sum(counts),
+        }
+
+    def reset_state(self):
+        self.counts.assign(keras.ops.zeros_like(self.counts.value))
+
+
+def _first_column_mse(y_true, y_pred):
+    return keras.ops.mean(keras.ops.square(y_true[:, :1] - y_pred), axis=-1)
+
+
+def trainer_mechanisms():
+    """Each example once per epoch, metrics reduced once, the model wrapped by nobody.
+
+    48 rows, global batch 16, 2 epochs: as arrays, as arrays in fused
+    executions (steps_per_execution=3, a whole epoch), and through a
+    DataLoader with a DistributedSampler.
+    """
+    import gc
+
+    rng = np.random.default_rng(7)
+    n = 48
+    x = rng.normal(size=(n, 3)).astype("float32")
+    target = x @ np.array([[0.5], [-1.0], [2.0]], dtype="float32")
+    y = np.concatenate([target, np.arange(n, dtype="float32")[:, None]], axis=1)
+
+    def build(steps_per_execution=1):
+        seed_model_init()
+        inputs = keras.Input((3,))
+        model = keras_steps.StepModel(inputs, keras.layers.Dense(1)(inputs))
+        model.compile(
+            keras.optimizers.SGD(0.05),
+            loss=_first_column_mse,
+            metrics=[SeenExamples(n)],
+            steps_per_execution=steps_per_execution,
+        )
+        return model
+
+    def record(name, model, history):
+        ddp = torch.nn.parallel.DistributedDataParallel
+        save(
+            name,
+            model,
+            history,
+            # Keras >= 3.16 keeps its wrapper here; None or absent: not wrapped.
+            ddp_model=repr(getattr(model, "ddp_model", "absent")),
+            ddp_instances=sum(isinstance(o, ddp) for o in gc.get_objects()),
+        )
+
+    model = build()
+    history = model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+    record("counted_arrays", model, history)
+
+    model = build(steps_per_execution=3)
+    history = model.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+    record("counted_fused", model, history)
+
+    dataset = torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    sampler = torch.utils.data.DistributedSampler(dataset, shuffle=False) if world() > 1 else None
+    model = build()
+    history = model.fit(
+        torch.utils.data.DataLoader(dataset, batch_size=BATCH, sampler=sampler),
+        epochs=2,
+        verbose=0,
+    )
+    record("counted_loader", model, history)
+
+
 # -- failures ------------------------------------------------------------------------
 class Misbehave(keras.callbacks.Callback):
     def __init__(self, how):
@@ -507,6 +600,7 @@ if __name__ == "__main__":
         distillation()
         resume()
         resume_fused()
+        trainer_mechanisms()
     elif scenario in ("raise", "hang"):
         failing(scenario)
     else:

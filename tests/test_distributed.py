@@ -65,7 +65,7 @@ def _record(folder, name, rank=0):
     "name",
     [
         "supervised", "loader", "gan", "wgan_gp", "vae", "adversarial", "distill_plain",
-        "resume", "resume_fused",
+        "resume", "resume_fused", "counted_arrays", "counted_fused", "counted_loader",
     ],
 )
 def test_two_ranks_train_like_one_process_with_twice_the_batch(runs, name):
@@ -150,6 +150,39 @@ def test_catalog_steps_report_the_losses_of_one_process(runs, name):
             np.testing.assert_allclose(
                 got[key], values, rtol=1e-5, atol=1e-6, err_msg=f"{name} {key} rank {rank}"
             )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["counted_arrays", "counted_fused", "counted_loader"])
+def test_each_example_counts_once_per_epoch_over_all_ranks(runs, name):
+    """Data is sharded once and metrics are reduced once, on every Keras version.
+
+    Keras 3.16's torch trainer all-reduces metric variables itself and its
+    adapters can shard data: keras-steps switches both off (docs/distributed.md).
+    A metric reduced twice counts every example twice; data sharded twice
+    leaves examples uncounted. The counts match one process with the global batch.
+    """
+    ref, ddp, _ = runs
+    assert _record(ref, name)["history"]["seen_max"] == [1.0, 1.0]
+    for rank in (0, 1):
+        history = _record(ddp, name, rank)["history"]
+        assert history["seen_min"] == [1.0, 1.0], rank
+        assert history["seen_max"] == [1.0, 1.0], rank
+        assert history["seen_total"] == [48.0, 48.0], rank
+        for key, values in _record(ref, name)["history"].items():
+            np.testing.assert_allclose(history[key], values, rtol=1e-5, err_msg=key)
+
+
+@pytest.mark.slow
+def test_nobody_wraps_the_model_in_distributed_data_parallel(runs):
+    """keras-steps averages gradients in optimizer.apply; Keras 3.16's own
+    DDP wrapper (``model.ddp_model``) is switched off, so nothing averages twice."""
+    _, ddp, _ = runs
+    for name in ("counted_arrays", "counted_fused", "counted_loader"):
+        for rank in (0, 1):
+            record = _record(ddp, name, rank)
+            assert record["ddp_model"] in ("None", "'absent'"), (name, rank)
+            assert record["ddp_instances"] == 0, (name, rank)
 
 
 @pytest.mark.slow

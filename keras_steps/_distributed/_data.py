@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from keras.src import tree
-from keras.src.trainers.data_adapters import array_data_adapter
+from keras import tree
 
+from keras_steps import _keras_private
 from keras_steps._distributed import _group
 from keras_steps._errors import DistributedError
 
@@ -26,16 +26,18 @@ def shard(data: Any, drop_remainder: bool) -> Any:
     world, r = _group.world_size(), _group.rank()
 
     def cut(array):
+        if array is None:  # keras.tree passes None leaves (no none_is_leaf in 3.10)
+            return None
         stop = len(array) - len(array) % world if drop_remainder else len(array)
         if hasattr(array, "iloc"):  # pandas
             return array.iloc[r:stop:world]
         return array[r:stop:world]
 
-    return tree.map_structure(cut, data, none_is_leaf=False)
+    return tree.map_structure(cut, data)
 
 
 def is_array_data(data: Any) -> bool:
-    return array_data_adapter.can_convert_arrays(data)
+    return _keras_private.can_convert_arrays(data)
 
 
 def check_same_arrays(data: Any, what: str) -> None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-from keras.src.trainers.data_adapters import array_slicing
-from keras.src.trainers.data_adapters.data_adapter_utils import (
-    unpack_x_y_sample_weight,
-)
 
+from keras_steps import _keras_private
 from keras_steps._distributed import _data, _group, _sync
+from keras_steps._errors import DistributedError
 
 # Callbacks that write files, print, or talk to a server: rank 0's alone.
 _RANK_ZERO_CALLBACKS = (
@@ -41,10 +39,11 @@ def fit_arguments(model: Any, args: dict[str, Any]) -> dict[str, Any]:
     drops rank-0-only callbacks on other ranks, and adds the callback that
     broadcasts rank 0's state when training starts.
     """
+    refuse_keras_distribution("fit")
     x, y, sample_weight = args.get("x"), args.get("y"), args.get("sample_weight")
     split = args.get("validation_split")
     if split and args.get("validation_data") is None and _data.is_array_data((x, y, sample_weight)):
-        (x, y, sample_weight), args["validation_data"] = array_slicing.train_validation_split(
+        (x, y, sample_weight), args["validation_data"] = _keras_private.train_validation_split(
             (x, y, sample_weight), validation_split=split
         )
         args["validation_split"] = 0.0
@@ -55,7 +54,7 @@ def fit_arguments(model: Any, args: dict[str, Any]) -> dict[str, Any]:
         _data.warn_unsharded_loader(x)
     val = args.get("validation_data")
     if val is not None and isinstance(val, (tuple, list)):
-        val = unpack_x_y_sample_weight(tuple(val))
+        val = keras.utils.unpack_x_y_sample_weight(tuple(val))
         if _data.is_array_data(val):
             _data.check_same_arrays(val, "validation arrays")
             args["validation_data"] = _data.shard(val, False)
@@ -66,8 +65,9 @@ def fit_arguments(model: Any, args: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate_arguments(model: Any, args: dict[str, Any]) -> dict[str, Any]:
     """Rewrite ``evaluate``'s bound arguments for this rank (see fit_arguments)."""
-    if args.get("kwargs", {}).get("_use_cached_eval_dataset"):
+    if _keras_private.evaluate_within_fit(args.get("kwargs", {})):
         return args  # inside fit(): data already sharded, callbacks already set
+    refuse_keras_distribution("evaluate")
     data = (args.get("x"), args.get("y"), args.get("sample_weight"))
     if _data.is_array_data(data):
         _data.check_same_arrays(data, "evaluation arrays")
@@ -77,6 +77,26 @@ def evaluate_arguments(model: Any, args: dict[str, Any]) -> dict[str, Any]:
     _rank_zero_output(args)
     args["callbacks"].append(_DistributedRun(None))
     return args
+
+
+def refuse_keras_distribution(method: str) -> None:
+    """Refuse a Keras distribution on top of keras-steps's own data parallelism.
+
+    With ``keras.distribution.set_distribution(...)`` Keras (3.16 and later on
+    torch) shards NumPy, PyDataset and DataLoader data itself and may wrap or
+    shard the model: together with keras-steps's sharding and gradient
+    averaging, every example would be split twice.
+    """
+    active = keras.distribution.distribution()
+    if active is None:
+        return
+    raise DistributedError(
+        f"keras_steps, rank {_group.rank()} of {_group.world_size()}: {method}() found a "
+        f"Keras distribution ({type(active).__name__}, set with "
+        "keras.distribution.set_distribution) under torchrun. StepModel already shards the "
+        "data, averages gradients and reduces metrics over ranks itself; with both, data "
+        "would be sharded twice. Remove the set_distribution call (see docs/distributed.md)."
+    )
 
 
 def _rank_zero_output(args: dict[str, Any]) -> None:

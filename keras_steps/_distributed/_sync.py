@@ -9,6 +9,7 @@ import keras
 import torch
 import torch.distributed as dist
 
+from keras_steps import _keras_private
 from keras_steps._distributed import _group
 from keras_steps._errors import StepError
 
@@ -53,7 +54,7 @@ def average_gradients_in(optimizer: Any) -> None:
     def apply(grads, trainable_variables=None):
         if _group.is_active():
             variables = (
-                optimizer._trainable_variables
+                _keras_private.optimizer_trainable_variables(optimizer)
                 if trainable_variables is None
                 else list(trainable_variables)
             )
@@ -95,9 +96,9 @@ def broadcast_from_rank_zero(model: Any) -> None:
     if variables:
         values = _group.broadcast("broadcast of rank 0's weights", [v.value for v in variables])
         assign(variables, values)
-    epoch = [getattr(model, "_initial_epoch", None)]
+    epoch = [_keras_private.initial_epoch(model)]
     _group.collective("broadcast of the initial epoch", dist.broadcast_object_list, epoch, src=0)
-    model._initial_epoch = epoch[0]
+    _keras_private.set_initial_epoch(model, epoch[0])
 
 
 def trained_state(model: Any) -> list[Any]:
@@ -109,7 +110,7 @@ def trained_state(model: Any) -> list[Any]:
     networks = unique(model.models[role] for role in model.optimizers if role in model.models)
     frozen: set[int] = set()
     for network in networks:
-        for layer in network._flatten_layers(include_self=True):
+        for layer in _keras_private.layers_of(network):
             if not layer.trainable:
                 frozen.update(id(w) for w in layer.weights)
     return unique(

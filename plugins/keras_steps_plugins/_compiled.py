@@ -44,12 +44,12 @@ def compiled_loss(model, x, y, y_pred, sample_weight, training=True):
 def track_loss(model, loss, x) -> None:
     """Update the ``loss`` entry of the progress bar and ``History``.
 
-    Keras keeps that tracker on the model itself (``Model._loss_tracker``,
-    created by ``compile``); updating it, rather than a second metric also
-    named ``loss``, keeps one ``loss`` in ``model.metrics_names`` and in the
-    list ``evaluate()`` returns.
+    That is the tracker ``compile`` creates for the compiled loss
+    (``StepModel.compiled_loss_tracker()``); updating it, rather than a
+    second metric also named ``loss``, keeps one ``loss`` in
+    ``model.metrics_names`` and in the list ``evaluate()`` returns.
     """
-    tracker = getattr(model, "_loss_tracker", None)
+    tracker = model.compiled_loss_tracker()
     if tracker is None:
         raise StepError(
             f"Step {model.step!r}: the model has no loss tracker; call "
