@@ -47,6 +47,7 @@ __all__ = [
     "functional_init_arguments",
     "global_custom_names",
     "initial_epoch",
+    "keras_sets_sampler_epoch",
     "layers_of",
     "loss_tracker",
     "optimizer_trainable_variables",
@@ -170,6 +171,17 @@ def optimizer_trainable_variables(optimizer: Any) -> list:
 
 
 # -- data adapters (keras_steps/_distributed/_data.py, _run.py) ------------------
+def keras_sets_sampler_epoch() -> bool:
+    """Whether Keras's DataLoader adapter calls ``sampler.set_epoch`` each epoch.
+
+    Keras >= 3.16 does (with its own count, from 1 for fit's first epoch);
+    before, keras-steps moves a DistributedSampler on itself. One of the two,
+    never both: two calls per epoch, and the later one wins.
+    """
+    return _TORCH_TRAINER_3_16
+
+
+
 # Whether data is arrays that Keras's ArrayDataAdapter slices (NumPy, torch,
 # pandas, ...): the data keras-steps shards itself. No public predicate.
 can_convert_arrays = _array_data_adapter.can_convert_arrays

@@ -84,6 +84,27 @@ class WeightTrace(keras.callbacks.Callback):
         )
 
 
+class SamplerEpochs(keras.callbacks.Callback):
+    """Every ``set_epoch`` call on a DistributedSampler, and its epoch at each epoch's start."""
+
+    def __init__(self, sampler):
+        super().__init__()
+        self.sampler, self.calls, self.first = sampler, [], []
+        if sampler is not None:
+            original = sampler.set_epoch
+
+            def recording(epoch):
+                self.calls.append(epoch)
+                original(epoch)
+
+            sampler.set_epoch = recording
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # The first batch is already read: the sampler's epoch is the one used.
+        if batch == 0 and self.sampler is not None:
+            self.first.append(self.sampler.epoch)
+
+
 # -- supervised: Keras's own train_step -------------------------------------------------
 def supervised():
     rng = np.random.default_rng(0)
@@ -149,8 +170,9 @@ def supervised():
     if world() > 1:
         sampler = torch.utils.data.DistributedSampler(dataset, shuffle=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, sampler=sampler)
-    loader_model.fit(loader, epochs=2, verbose=0)
-    save("loader", loader_model, sampler_epoch=getattr(sampler, "epoch", None))
+    epochs = SamplerEpochs(sampler)
+    loader_model.fit(loader, epochs=2, verbose=0, callbacks=[epochs])
+    save("loader", loader_model, sampler_calls=epochs.calls, sampler_at_first_batch=epochs.first)
 
     # Reference for the loader: the same 48 rows as arrays.
     seed_model_init()

@@ -59,7 +59,9 @@ def fit_arguments(model: Any, args: dict[str, Any]) -> dict[str, Any]:
             _data.check_same_arrays(val, "validation arrays")
             args["validation_data"] = _data.shard(val, False)
     _rank_zero_output(args)
-    args["callbacks"].append(_DistributedRun(_data.distributed_sampler(x)))
+    # Keras >= 3.16 moves a DataLoader's sampler on by itself.
+    sampler = None if _keras_private.keras_sets_sampler_epoch() else _data.distributed_sampler(x)
+    args["callbacks"].append(_DistributedRun(sampler))
     return args
 
 
