@@ -85,14 +85,23 @@ class Step:
 
 
 def _instance_hooks(cls: type) -> list[str]:
-    """Names of ``cls``'s hook implementations that are plain methods (take ``self``)."""
+    """Names of ``cls``'s hook implementations that take ``self``.
+
+    pluggy drops a first argument named ``self`` from a method's hook
+    arguments, so such a hook validates on the class yet cannot be called on
+    it. Functions without ``self`` (a class used as a namespace), static and
+    class methods work on the class itself.
+    """
     marker = f"{hookspecs.PROJECT_NAME}_impl"
-    return sorted(
-        attr
-        for attr in dir(cls)
-        if inspect.isfunction(inspect.getattr_static(cls, attr, None))
-        and getattr(inspect.getattr_static(cls, attr), marker, None) is not None
-    )
+    found = []
+    for attr in dir(cls):
+        fn = inspect.getattr_static(cls, attr, None)
+        if not inspect.isfunction(fn) or getattr(fn, marker, None) is None:
+            continue
+        params = list(inspect.signature(fn).parameters)
+        if params and params[0] == "self":
+            found.append(attr)
+    return sorted(found)
 
 
 def plugin_object(plugin: Any, name: str, source: StepSource) -> Any:
@@ -101,8 +110,9 @@ def plugin_object(plugin: Any, name: str, source: StepSource) -> Any:
 
     The README's own example is such a class, and an entry point
     (``my_package.steps:ScaledMSE``) can only name it; registered as a class,
-    its hooks would be called unbound. Modules, instances and classes of
-    static or class methods are used as they are.
+    its hooks would be called unbound. Modules, instances, and classes whose
+    hooks take no ``self`` (static or class methods, plain functions) are
+    used as they are.
 
     Raises:
         PluginError: the class cannot be made without arguments.
