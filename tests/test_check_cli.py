@@ -255,3 +255,25 @@ def test_console_script_reports_installed_plugins(tmp_path):
     assert done.returncode == 1, done.stderr
     result = json.loads(done.stdout)
     assert "RuntimeError: x" in _plugin(result, "broken")["errors"]["import"][0]
+
+
+def test_list_runs_with_hostile_plugins_installed(site, capsys):
+    """`keras-steps list` used to print a traceback and exit 1 with the README's class."""
+    write_distribution(
+        site,
+        "my-package",
+        {"readme_list": readme_step(), "ks_raises_list": OPTIONS_RAISE},
+        {"scaled-mse": "readme_list:ScaledMSE", "raises": "ks_raises_list"},
+    )
+    _registry.reset()
+    with pytest.warns(keras_steps.PluginLoadWarning, match="options went wrong"):
+        rc = _cli.main(["list"])
+    captured = capsys.readouterr()
+    assert rc == 0
+    (line,) = [ln for ln in captured.out.splitlines() if ln.startswith("scaled-mse ")]
+    assert line.split()[1:3] == ["my-package", "1.0"]
+    assert line.endswith("Mean squared error times a scale.")
+    assert "unusable: raises: Plugin for step 'raises' (my-package 1.0) raised TypeError" in (
+        captured.err
+    )
+    _registry.reset()
