@@ -68,6 +68,11 @@ class _PluginImportError(PluginError):
 # it loads (register_step at import) would otherwise wait forever for the
 # lock its own loading holds; it gets a PluginError instead.
 _loading = threading.local()
+# The same, seen from every thread: a thread that a plugin's import starts
+# and waits for would otherwise wait for the registry lock forever.
+_loading_anywhere: dict[str, str | None] = {"what": None}
+#: Seconds another thread waits for the registry while plugins load.
+WAIT_S = 300.0
 
 
 def _refuse_while_loading(call: str) -> None:
@@ -116,7 +121,7 @@ def load_entry_point(registry: _Registry, ep: importlib.metadata.EntryPoint) -> 
             "can replace. The core step is used; rename the entry point."
         )
     label = f"plugin entry point {ep.name!r} = {ep.value!r} from distribution {source}"
-    _loading.what = label
+    _loading.what = _loading_anywhere["what"] = label
     try:
         try:
             loaded = ep.load()
@@ -127,7 +132,7 @@ def load_entry_point(registry: _Registry, ep: importlib.metadata.EntryPoint) -> 
             ) from exc
         return registry.add(ep.name, plugin_object(loaded, ep.name, source), source)
     finally:
-        _loading.what = None
+        _loading.what = _loading_anywhere["what"] = None
 
 
 def entry_point_source(ep: importlib.metadata.EntryPoint) -> StepSource:
@@ -336,7 +341,14 @@ _registry: _Registry | None = None
 def _get_registry(call: str) -> _Registry:
     _refuse_while_loading(call)
     global _registry
-    with _lock:
+    if not _lock.acquire(timeout=WAIT_S):
+        raise PluginError(
+            f"keras_steps.{call}() waited {WAIT_S:g} s for the registry, which another "
+            f"thread is still building (loading {_loading_anywhere['what'] or 'plugins'}). "
+            "A plugin whose import starts a thread that uses keras_steps, and waits for "
+            "it, never lets the registry finish: use keras_steps from hooks instead."
+        )
+    try:
         if _registry is None:
             from keras_steps import supervised
 
@@ -345,6 +357,8 @@ def _get_registry(call: str) -> _Registry:
             registry.load_entry_points()
             _registry = registry
         return _registry
+    finally:
+        _lock.release()
 
 
 def reset() -> None:

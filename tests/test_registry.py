@@ -456,3 +456,40 @@ def test_public_api_is_exported():
         assert hasattr(keras_steps, name), name
     assert keras_steps.hookimpl.project_name == "keras_steps"
     assert keras_steps.hookspec.project_name == "keras_steps"
+
+
+def test_a_thread_started_and_awaited_by_a_plugin_import_times_out_clearly(installed, monkeypatch):
+    code = (
+        """
+import threading
+import keras_steps
+
+errors = []
+
+
+def use():
+    try:
+        keras_steps.list_steps()
+    except keras_steps.StepError as exc:
+        errors.append(str(exc))
+
+
+helper = threading.Thread(target=use)
+helper.start()
+helper.join()
+"""
+        + GOOD_STEP
+    )
+    installed("ks-threads", {"ks_threads": code}, {"threads": "ks_threads"})
+    monkeypatch.setattr(_registry, "WAIT_S", 0.5)
+    done = {}
+    thread = threading.Thread(target=lambda: done.update(step=keras_steps.get_step("threads")))
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the registry deadlocked on a plugin's helper thread"
+    import ks_threads
+
+    (message,) = ks_threads.errors
+    assert "keras_steps.list_steps() waited 0.5 s for the registry" in message
+    assert "'threads' = 'ks_threads' from distribution ks-threads 1.0" in message
+    assert done["step"].source.distribution == "ks-threads"  # the plugin itself loads
