@@ -95,13 +95,13 @@ def _refuse_while_loading(call: str) -> None:
 def load_entry_point(registry: _Registry, ep: importlib.metadata.EntryPoint) -> Step | None:
     """Import, validate and resolve one entry point into ``registry``.
 
-    Returns:
-        The step, or None when another source already provides its name in
-        ``registry`` (the name is then contested, see ``StepConflictError``).
-
     Whatever the plugin raises on the way (at import, in pluggy's validation,
     in its declarative hooks) becomes a :class:`StepError` naming the entry
     point, its distribution and the error; nothing else escapes.
+
+    Returns:
+        The step, or None when another source already provides its name in
+        ``registry`` (the name is then contested, see ``StepConflictError``).
 
     Raises:
         StepConflictError: the entry point claims a core step name.
@@ -278,9 +278,12 @@ class _Registry:
                 # A core name stays the core step's: its refusal is keyed by
                 # DISTRIBUTION:NAME, so that list_problems() does not report
                 # the name itself as unusable.
-                self._record(f"{dist}:{ep.name}" if ep.name in CORE_NAMES else ep.name, exc)
+                key = ep.name
+                if ep.name in CORE_NAMES:
+                    key = f"{entry_point_source(ep).distribution}:{ep.name}"
+                self._record(key, exc)
         if only is not None:
-            for name in sorted(only - wanted_seen - {"supervised"}):
+            for name in sorted(only - wanted_seen - CORE_NAMES):
                 warnings.warn(
                     f"{ONLY_ENV} names {name!r}, but no installed distribution has "
                     f"a {ENTRY_POINT_GROUP!r} entry point of that name. Installed: "
