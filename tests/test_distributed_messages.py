@@ -110,6 +110,7 @@ def store(monkeypatch):
 
     def as_rank(r):
         monkeypatch.setattr(dist, "get_rank", lambda group=None: r)
+        _presence._state["rank"] = r  # as entered() keeps it, for the exit record
 
     yield master, as_rank
 

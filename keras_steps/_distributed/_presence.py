@@ -42,6 +42,8 @@ _state: dict[str, Any] = {
     "batches": None,  # batches finished in this epoch
     "last": None,  # what this rank did last, for its exit record
     "atexit": False,
+    # Kept, not asked for: at exit the script may have destroyed the group.
+    "rank": None,
 }
 
 
@@ -78,7 +80,7 @@ def _write(record: dict[str, Any]) -> None:
     if store is None:
         return
     try:
-        store.set(f"rank{dist.get_rank()}", json.dumps(record))
+        store.set(f"rank{_state['rank']}", json.dumps(record))
     except (RuntimeError, ValueError, OSError):
         _state["store"] = None  # gone (rank 0 held it, outside torchrun): stop trying
 
@@ -100,6 +102,7 @@ def _position() -> dict[str, Any]:
 
 def entered(call: str) -> None:
     """This rank starts ``fit`` or ``evaluate`` (every rank, before the first collective)."""
+    _state["rank"] = dist.get_rank()
     if not _state["atexit"]:
         _state["atexit"] = True
         atexit.register(_exiting)
@@ -168,7 +171,7 @@ def after_failure(what: str) -> str:
     """
     if _store() is None:
         return ""
-    here = dist.get_rank()
+    here = _state["rank"] = dist.get_rank()
     _write({"state": "failed", "what": what, **_position()})
     others = [r for r in range(dist.get_world_size()) if r != here]
     deadline = time.monotonic() + GRACE_S
