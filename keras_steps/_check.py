@@ -1,10 +1,14 @@
 """``keras-steps check``: inspect every installed step plugin, one by one.
 
 Unlike the registry, which loads what the environment variables select and
-sets aside what fails, this imports *every* entry point of the
-``keras_steps`` group, validates each against the hook specifications on its
-own, checks its options, and lists every step name provided twice, so that a
-plugin author or a user sees everything that is wrong at once.
+sets aside what fails, this loads *every* entry point of the ``keras_steps``
+group, each into a registry of its own, and lists every step name provided
+twice, so that a plugin author or a user sees everything that is wrong at
+once. Each entry point is loaded by the registry's own
+:func:`~keras_steps._registry.load_entry_point` (same import, same class
+instantiation, same refusals, same guard against using the registry at
+import), so "ok" means the runtime loads it. Then it is linted further (hook
+wrappers, unmarked hook functions, deprecated hooks) and its options checked.
 """
 
 from __future__ import annotations
@@ -15,12 +19,17 @@ import os
 from typing import Any
 
 from keras_steps import hookspecs
+from keras_steps._errors import StepConflictError, StepError
 from keras_steps._registry import (
-    _NAME,
+    CORE_NAMES,
     DISABLE_ENV,
     ENTRY_POINT_GROUP,
     ONLY_ENV,
     _parse_only,
+    _PluginImportError,
+    _Registry,
+    entry_point_source,
+    load_entry_point,
 )
 from keras_steps._step import StepSource
 
@@ -131,30 +140,24 @@ def check_plugins() -> dict[str, Any]:
     _inspect("supervised", supervised, core)
     reports = [core]
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = ep.dist.name if ep.dist is not None else None
-        source = StepSource(
-            "plugin",
-            distribution=dist or "unknown distribution",
-            version=ep.dist.version if ep.dist is not None else "?",
-            entry_point=ep.value,
-        )
-        report = PluginReport(ep.name, source, enabled=_enabled(ep.name, dist))
+        source = entry_point_source(ep)
+        report = PluginReport(ep.name, source, enabled=_enabled(ep.name, source.distribution))
         reports.append(report)
-        if not _NAME.match(ep.name):
-            report.errors["hooks"] = [
-                f"{ep.name!r} is not a valid step name: use letters, digits, '_', "
-                "'-' and '.', starting with a letter or digit."
-            ]
-            continue
         try:
-            plugin = ep.load()
-        except Exception as exc:
-            report.errors["import"] = [
-                f"entry point {ep.name} = {ep.value!r} failed to import: "
-                f"{type(exc).__name__}: {exc}"
-            ]
+            # A registry of its own: the entry point is checked alone, as
+            # the runtime would load it; names provided twice are _conflicts'.
+            step = load_entry_point(_Registry(), ep)
+        except StepError as exc:
+            kind = (
+                "import"
+                if isinstance(exc, _PluginImportError)
+                else "conflict"
+                if isinstance(exc, StepConflictError)
+                else "hooks"
+            )
+            report.errors[kind] = [str(exc)]
             continue
-        _inspect(ep.name, plugin, report)
+        _inspect(ep.name, step.plugin, report)
     conflicts = _conflicts(reports)
     return {
         "ok": all(r.ok for r in reports),
@@ -166,7 +169,10 @@ def check_plugins() -> dict[str, Any]:
 def _conflicts(reports: list[PluginReport]) -> dict[str, list[str]]:
     by_name: dict[str, list[PluginReport]] = {}
     for report in reports:
-        by_name.setdefault(report.name, []).append(report)
+        # A plugin claiming a core name is refused by its own report; the
+        # core step is unaffected, so neither is flagged as a conflict.
+        if report.name not in CORE_NAMES:
+            by_name.setdefault(report.name, []).append(report)
     conflicts = {}
     for name, group in sorted(by_name.items()):
         if len(group) < 2:

@@ -13,7 +13,7 @@ from keras_steps import hookspecs
 from keras_steps._errors import PluginError
 from keras_steps._options import StepOptions, validate_options
 
-__all__ = ["Step", "StepSource", "resolve_step"]
+__all__ = ["Step", "StepSource", "plugin_object", "resolve_step"]
 
 #: Hooks every step must implement.
 REQUIRED_HOOKS = ("train_step", "test_step")
@@ -82,6 +82,57 @@ class Step:
                 expected.
         """
         return validate_options(self.name, str(self.source), self.options_class, given)
+
+
+def _instance_hooks(cls: type) -> list[str]:
+    """Names of ``cls``'s hook implementations that take ``self``.
+
+    pluggy drops a first argument named ``self`` from a method's hook
+    arguments, so such a hook validates on the class yet cannot be called on
+    it. Functions without ``self`` (a class used as a namespace), static and
+    class methods work on the class itself.
+    """
+    marker = f"{hookspecs.PROJECT_NAME}_impl"
+    found = []
+    for attr in dir(cls):
+        fn = inspect.getattr_static(cls, attr, None)
+        if not inspect.isfunction(fn) or getattr(fn, marker, None) is None:
+            continue
+        params = list(inspect.signature(fn).parameters)
+        if params and params[0] == "self":
+            found.append(attr)
+    return sorted(found)
+
+
+def plugin_object(plugin: Any, name: str, source: StepSource) -> Any:
+    """The object to register for ``plugin``: a class whose hooks take ``self``
+    becomes one instance of it, made with no arguments.
+
+    The README's own example is such a class, and an entry point
+    (``my_package.steps:ScaledMSE``) can only name it; registered as a class,
+    its hooks would be called unbound. Modules, instances, and classes whose
+    hooks take no ``self`` (static or class methods, plain functions) are
+    used as they are.
+
+    Raises:
+        PluginError: the class cannot be made without arguments.
+    """
+    if not inspect.isclass(plugin):
+        return plugin
+    methods = _instance_hooks(plugin)
+    if not methods:
+        return plugin
+    try:
+        return plugin()
+    except Exception as exc:
+        raise PluginError(
+            f"Step {name!r} ({source}) is the class {plugin.__qualname__}, whose hooks "
+            f"({', '.join(methods)}) take self, so keras_steps makes one instance with "
+            f"no arguments; {plugin.__qualname__}() raised {type(exc).__name__}: {exc}. "
+            "Pass an instance instead: register_step(" + plugin.__qualname__ + "(...), "
+            "name=...), or for an entry point a module-level instance "
+            "(step = " + plugin.__qualname__ + "(...); entry point 'module:step')."
+        ) from exc
 
 
 def _full_signature_caller(impl: pluggy.HookImpl, spec_args: tuple[str, ...]):

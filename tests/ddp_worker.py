@@ -8,7 +8,9 @@ the two runs must end with the same weights. Every rank writes what it saw
 to OUT/<name>_rank<r>.npz / .json; the test compares them.
 
 Scenarios: ``train`` (all equivalence and bookkeeping checks), ``raise``
-(rank 1 raises mid-epoch), ``hang`` (rank 1 stops answering mid-epoch).
+(rank 1 raises mid-epoch), ``hang`` (rank 1 stops answering mid-epoch),
+``messages`` (arrays that differ between ranks in rows, values or arguments)
+and ``exit`` (rank 1 calls ``sys.exit(0)`` mid-epoch).
 """
 
 from __future__ import annotations
@@ -600,6 +602,52 @@ class Misbehave(keras.callbacks.Callback):
             time.sleep(600)
 
 
+class Leave(keras.callbacks.Callback):
+    def on_train_batch_begin(self, batch, logs=None):
+        if rank() == 1 and batch == 2:
+            sys.exit(0)
+
+
+def leaving():
+    x = np.random.default_rng(4).normal(size=(64, 3)).astype("float32")
+    inputs = keras.Input((3,))
+    model = keras_steps.StepModel(inputs, keras.layers.Dense(1)(inputs))
+    model.compile("sgd", loss="mse")
+    model.fit(x, x[:, :1], batch_size=BATCH, epochs=2, callbacks=[Leave()], verbose=0)
+    print(f"rank {rank()} finished training", flush=True)
+
+
+def messages():
+    """Each refusal's message, per rank, in OUT/message_<case>_rank<r>.txt."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(32, 3)).astype("float32")
+    y = rng.normal(size=(32, 1)).astype("float32")
+    inputs = keras.Input((3,))
+    model = keras_steps.StepModel(inputs, keras.layers.Dense(1)(inputs))
+    model.compile("sgd", loss="mse")
+    cases = {
+        # x loses 2 rows on rank 1; y keeps its 32.
+        "rows": lambda: model.fit(x[: 32 - 2 * rank()], y, batch_size=BATCH, verbose=0),
+        # The same rows, other values on rank 1 (an unseeded draw).
+        "values": lambda: model.fit(x, y + rank(), batch_size=BATCH, verbose=0),
+        "dtype": lambda: model.fit(
+            x, y.astype("float64") if rank() else y, batch_size=BATCH, verbose=0
+        ),
+        # sample_weight on rank 1 only.
+        "arguments": lambda: model.fit(
+            x, y, sample_weight=np.ones(32) if rank() else None, batch_size=BATCH, verbose=0
+        ),
+        "evaluate": lambda: model.evaluate(x, y + rank(), batch_size=BATCH, verbose=0),
+    }
+    for case, run in cases.items():
+        try:
+            run()
+            message = ""
+        except keras_steps.DistributedError as err:
+            message = str(err)
+        (OUT / f"message_{case}_rank{rank()}.txt").write_text(message)
+
+
 def failing(how):
     x = np.random.default_rng(4).normal(size=(64, 3)).astype("float32")
     inputs = keras.Input((3,))
@@ -625,6 +673,10 @@ if __name__ == "__main__":
         trainer_mechanisms()
     elif scenario in ("raise", "hang"):
         failing(scenario)
+    elif scenario == "exit":
+        leaving()
+    elif scenario == "messages":
+        messages()
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
     print(f"rank {rank()} done", flush=True)

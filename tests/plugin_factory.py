@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import sys
 import textwrap
 
@@ -43,6 +44,21 @@ def test_step(model, data, options):
     model.step_state["loss"].update_state(loss)
     return {"loss": model.step_state["loss"].result()}
 '''
+
+
+def readme_step() -> str:
+    """The README's "Writing a step" example as the module a package would publish.
+
+    Its last line, ``register_step(...)``, is for scripts and notebooks: an
+    installed package declares the class as an entry point instead.
+    """
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Writing a step", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "class ScaledMSE" in code and "def step_options(self)" in code
+    lines = code.splitlines()
+    assert lines[-1].startswith("keras_steps.register_step(ScaledMSE()")
+    return "\n".join(lines[:-1]) + "\n"
 
 
 def write_distribution(

@@ -8,9 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from plugin_factory import write_distribution
+from plugin_factory import readme_step, write_distribution
 
-from keras_steps import _cli, hookspecs
+import keras_steps
+from keras_steps import _cli, _registry, hookspecs
 
 SOUND = '''
     """A sound step: Keras's own training."""
@@ -112,8 +113,9 @@ def test_broken_plugins_are_each_reported_and_exit_nonzero(site, capsys):
     assert "4 with problems" in out
     assert "ok      sound-step" in out
     assert (
-        "import: entry point broken = 'ks_broken_mod' failed to import: "
-        "ModuleNotFoundError: No module named 'not_installed_xyz'"
+        "import: Plugin entry point 'broken' = 'ks_broken_mod' from distribution "
+        "ks-broken 1.0 failed to import: ModuleNotFoundError: No module named "
+        "'not_installed_xyz'"
     ) in out
     assert "FAILED  typo" in out and "Did you mean 'train_step'?" in out
     assert "FAILED  signature" in out and "{'batch'}" in out
@@ -156,11 +158,71 @@ def test_a_name_provided_twice_is_a_conflict_until_the_environment_picks_one(
     assert "[not loaded: environment variables]" in out
 
 
-def test_a_plugin_named_like_the_core_step_conflicts(site, capsys):
+def test_a_plugin_named_like_the_core_step_is_refused_and_the_core_is_sound(site, capsys):
     _dist(site, "ks-shadow", "supervised", "ks_shadow_mod", SOUND)
     rc, result = _check(capsys, "--json")
     assert rc == 1
-    assert result["conflicts"]["supervised"][0] == "core"
+    assert _plugin(result, "supervised", "ks-shadow")["ok"] is False
+    (message,) = _plugin(result, "supervised", "ks-shadow")["errors"]["conflict"]
+    assert "from distribution ks-shadow 1.0 is refused" in message
+    assert "core step" in message
+    core = [p for p in result["plugins"] if p["source"]["kind"] == "core"]
+    assert core[0]["ok"] is True and core[0]["warnings"] == []
+    assert "supervised" not in result["conflicts"]
+
+
+def test_the_readme_class_published_as_an_entry_point_is_ok(site, capsys):
+    write_distribution(
+        site,
+        "my-package",
+        {"readme_check": readme_step()},
+        {"scaled-mse": "readme_check:ScaledMSE"},
+    )
+    rc, result = _check(capsys, "--json")
+    found = _plugin(result, "scaled-mse")
+    assert found["ok"] is True, found["errors"]
+    assert rc == 0
+    assert found["hooks"] == ["step_build", "step_options", "test_step", "train_step"]
+    assert found["options"]["properties"]["scale"]["default"] == 1
+
+
+REGISTERS_AT_IMPORT = (
+    SOUND
+    + """
+    class Extra:
+        @keras_steps.hookimpl
+        def train_step(self, model, data):
+            return {}
+
+        @keras_steps.hookimpl
+        def test_step(self, model, data):
+            return {}
+
+    keras_steps.register_step(Extra(), name="extra-at-import")
+"""
+)
+
+OPTIONS_RAISE = SOUND.replace("return Options", "raise TypeError('options went wrong')")
+
+
+def test_check_fails_what_the_runtime_cannot_load(site, capsys):
+    """Each of these loaded badly at runtime while check said "ok" or crashed."""
+    _dist(site, "ks-registers", "registers", "ks_registers_mod", REGISTERS_AT_IMPORT)
+    _dist(site, "ks-raises", "raises", "ks_raises_mod", OPTIONS_RAISE)
+    rc, result = _check(capsys, "--json")
+    assert rc == 1
+    (message,) = _plugin(result, "registers")["errors"]["import"]
+    assert "ks-registers 1.0 failed to import: PluginError" in message
+    assert "keras_steps.register_step() was called while keras_steps was loading" in message
+    (message,) = _plugin(result, "raises")["errors"]["hooks"]
+    assert "'raises' (ks-raises 1.0) raised TypeError: options went wrong" in message
+    # check left the process's own registry alone; loading it fails the same way.
+    _registry.reset()
+    with pytest.warns(keras_steps.PluginLoadWarning):
+        names = [s.name for s in keras_steps.list_steps()]
+    assert "extra-at-import" not in names and "registers" not in names
+    assert {"registers", "raises"} <= set(keras_steps.list_problems())
+    _registry.reset()
 
 
 def test_deprecated_hooks_warn_without_failing(site, capsys, monkeypatch):
@@ -193,3 +255,25 @@ def test_console_script_reports_installed_plugins(tmp_path):
     assert done.returncode == 1, done.stderr
     result = json.loads(done.stdout)
     assert "RuntimeError: x" in _plugin(result, "broken")["errors"]["import"][0]
+
+
+def test_list_runs_with_hostile_plugins_installed(site, capsys):
+    """`keras-steps list` used to print a traceback and exit 1 with the README's class."""
+    write_distribution(
+        site,
+        "my-package",
+        {"readme_list": readme_step(), "ks_raises_list": OPTIONS_RAISE},
+        {"scaled-mse": "readme_list:ScaledMSE", "raises": "ks_raises_list"},
+    )
+    _registry.reset()
+    with pytest.warns(keras_steps.PluginLoadWarning, match="options went wrong"):
+        rc = _cli.main(["list"])
+    captured = capsys.readouterr()
+    assert rc == 0
+    (line,) = [ln for ln in captured.out.splitlines() if ln.startswith("scaled-mse ")]
+    assert line.split()[1:3] == ["my-package", "1.0"]
+    assert line.endswith("Mean squared error times a scale.")
+    assert "unusable: raises: Plugin for step 'raises' (my-package 1.0) raised TypeError" in (
+        captured.err
+    )
+    _registry.reset()

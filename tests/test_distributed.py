@@ -247,7 +247,13 @@ def test_frozen_teacher_is_never_synchronised(runs, name):
     "how, expected",
     [
         # torchrun reports the failed rank; rank 0 loses its peer mid all-reduce.
-        ("raise", ["deliberate failure on rank 1 at batch 2"]),
+        (
+            "raise",
+            [
+                "deliberate failure on rank 1 at batch 2",
+                "Rank 1 left: its process exited during fit() in epoch 1, after 2 batch(es)",
+            ],
+        ),
         # Nobody exits: only the process group's timeout ends rank 0's wait.
         (
             "hang",
@@ -255,6 +261,7 @@ def test_frozen_teacher_is_never_synchronised(runs, name):
                 "rank 1 stops answering",
                 "DistributedError: keras_steps, rank 0 of 2: all-reduce of gradients failed",
                 "took longer than 10 s (KERAS_STEPS_DIST_TIMEOUT)",
+                "Rank 1 left no word of leaving: it hangs",
             ],
         ),
     ],

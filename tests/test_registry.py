@@ -1,10 +1,11 @@
 """The registry: names, sources, entry points, environment variables, errors."""
 
+import threading
 
 import keras
 import numpy as np
 import pytest
-from plugin_factory import GOOD_STEP, forget_modules, write_distribution
+from plugin_factory import GOOD_STEP, forget_modules, readme_step, write_distribution
 
 import keras_steps
 from keras_steps import _registry
@@ -125,10 +126,208 @@ def test_two_distributions_with_one_name_conflict(installed, tmp_path, monkeypat
     assert str(keras_steps.get_step("same").source) == "ks-b 1.0"
 
 
-def test_plugin_cannot_shadow_core_step_silently(installed):
-    installed("ks-shadow", {"ks_shadow": GOOD_STEP}, {"supervised": "ks_shadow"})
-    with pytest.raises(keras_steps.StepConflictError, match="core"):
-        keras_steps.get_step("supervised")
+def _trains(step=None, **kw):
+    model = _tiny_model(step, **kw) if step else _tiny_model("supervised")
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.random.default_rng(0).random((32, 3)).astype("float32")
+    history = model.fit(x, x.sum(1, keepdims=True), epochs=2, verbose=0).history
+    return history["loss"][-1] < history["loss"][0]
+
+
+def test_a_plugin_claiming_the_core_name_is_refused_and_the_core_step_works(installed):
+    installed(
+        "ks-shadow",
+        {"ks_shadow": GOOD_STEP + "\nraise RuntimeError('this import must not run')\n"},
+        {"supervised": "ks_shadow"},
+    )
+    with pytest.warns(keras_steps.PluginLoadWarning) as record:
+        step = keras_steps.get_step("supervised")
+    assert step.source.kind == "core"
+    (message,) = [str(w.message) for w in record]
+    assert "'supervised'" in message and "ks-shadow 1.0" in message
+    assert "refused" in message and "core step" in message
+    assert "must not run" not in message  # refused by name, never imported
+    problems = keras_steps.list_problems()
+    assert list(problems) == ["ks-shadow:supervised"]
+    assert isinstance(problems["ks-shadow:supervised"], keras_steps.StepConflictError)
+    assert "supervised" in [s.name for s in keras_steps.list_steps()]
+    assert _trains()  # the default step of StepModel
+
+
+def test_the_core_step_cannot_be_unregistered_or_replaced_locally():
+    with pytest.raises(keras_steps.StepConflictError, match="core step"):
+        keras_steps.unregister_step("supervised")
+    with pytest.raises(keras_steps.StepConflictError, match="core step"):
+        keras_steps.register_step(LocalStep(), name="supervised")
+    assert keras_steps.get_step("supervised").source.kind == "core"
+
+
+def test_the_readme_class_published_as_an_entry_point_works_as_its_instance(installed):
+    installed(
+        "my-package", {"readme_steps": readme_step()}, {"scaled-mse": "readme_steps:ScaledMSE"}
+    )
+    step = keras_steps.get_step("scaled-mse")
+    assert type(step.plugin).__name__ == "ScaledMSE"  # an instance, made once
+    assert step.summary == "Mean squared error times a scale."
+    assert step.validate_options({"scale": 2.0}).scale == 2.0
+    assert _trains("scaled-mse", step_options={"scale": 2.0})
+    assert _trains()
+    assert "scaled-mse" not in keras_steps.list_problems()
+
+
+def test_a_class_given_locally_works_as_its_instance():
+    step = keras_steps.register_step(LocalStep, name="from-class")
+    assert isinstance(step.plugin, LocalStep)
+    assert _trains("from-class")
+    keras_steps.unregister_step("from-class")
+
+
+def test_a_class_that_needs_arguments_is_refused_asking_for_an_instance(installed):
+    code = GOOD_STEP + (
+        "\nclass NeedsArgs:\n"
+        "    def __init__(self, scale):\n"
+        "        self.scale = scale\n"
+        "    @keras_steps.hookimpl\n"
+        "    def train_step(self, model, data):\n"
+        "        return {}\n"
+        "    @keras_steps.hookimpl\n"
+        "    def test_step(self, model, data):\n"
+        "        return {}\n"
+    )
+    installed(
+        "ks-args",
+        {"ks_args": code, "ks_good": GOOD_STEP},
+        {"args": "ks_args:NeedsArgs", "good": "ks_good"},
+    )
+    with pytest.warns(keras_steps.PluginLoadWarning, match="Pass an instance"):
+        keras_steps.list_steps()
+    with pytest.raises(keras_steps.PluginError) as err:
+        keras_steps.get_step("args")
+    message = str(err.value)
+    assert "'args'" in message and "ks-args 1.0" in message
+    assert "NeedsArgs() raised TypeError" in message and "'scale'" in message
+    assert keras_steps.get_step("good") and _trains()
+
+
+# Each raises something other than a StepError at a different point of loading.
+_HOSTILE = {
+    "hooks-typeerror": (
+        "class Unbound:\n"
+        "    @keras_steps.hookimpl\n"
+        "    @staticmethod\n"
+        "    def step_options():\n"
+        "        raise TypeError('options went wrong')\n"
+        "    @keras_steps.hookimpl\n"
+        "    @staticmethod\n"
+        "    def train_step(model, data):\n"
+        "        return {}\n"
+        "    @keras_steps.hookimpl\n"
+        "    @staticmethod\n"
+        "    def test_step(model, data):\n"
+        "        return {}\n"
+        "plugin = Unbound\n",
+        "TypeError: options went wrong",
+    ),
+    "roles-keyerror": (
+        GOOD_STEP + "\n@keras_steps.hookimpl\ndef step_model_roles():\n    return {}['roles']\n",
+        "KeyError: 'roles'",
+    ),
+    "exits": ("import sys\nsys.exit(3)\n", "SystemExit: 3"),
+    "init-fails": (
+        "class Step:\n"
+        "    def __init__(self):\n"
+        "        raise ZeroDivisionError('no instance')\n"
+        "    @keras_steps.hookimpl\n"
+        "    def train_step(self, model, data):\n"
+        "        return {}\n"
+        "    @keras_steps.hookimpl\n"
+        "    def test_step(self, model, data):\n"
+        "        return {}\n"
+        "plugin = Step\n",
+        "ZeroDivisionError: no instance",
+    ),
+}
+
+
+def test_whatever_a_plugin_raises_fails_only_that_plugin(installed):
+    modules = {
+        f"ks_hostile_{i}": "import keras_steps\n" + code
+        for i, (code, _) in enumerate(_HOSTILE.values())
+    }
+    entry_points = {
+        name: f"ks_hostile_{i}" + (":plugin" if "plugin =" in code else "")
+        for i, (name, (code, _)) in enumerate(_HOSTILE.items())
+    }
+    installed("ks-hostile", {**modules, "ks_good": GOOD_STEP}, {**entry_points, "good": "ks_good"})
+    with pytest.warns(keras_steps.PluginLoadWarning) as record:
+        names = [s.name for s in keras_steps.list_steps()]
+    assert {"good", "supervised"} <= set(names) and not set(_HOSTILE) & set(names)
+    warned = [str(w.message) for w in record]
+    problems = keras_steps.list_problems()
+    assert set(_HOSTILE) <= set(problems)
+    for name, (_, error) in _HOSTILE.items():
+        (message,) = [m for m in warned if f"'{name}'" in m]
+        assert "ks-hostile 1.0" in message and error in message, message
+        assert isinstance(problems[name], keras_steps.PluginError)
+        with pytest.raises(keras_steps.PluginError, match=error):
+            keras_steps.get_step(name)
+    assert _trains("good") and _trains()
+
+
+_REENTRANT = """
+import keras_steps
+
+
+class Extra:
+    @keras_steps.hookimpl
+    def train_step(self, model, data):
+        return {}
+
+    @keras_steps.hookimpl
+    def test_step(self, model, data):
+        return {}
+
+
+keras_steps.%s
+"""
+
+
+@pytest.mark.parametrize(
+    "call, expected",
+    [
+        ("register_step(Extra(), name='extra')", "declares each of its steps as an entry point"),
+        ("get_step('supervised')", "Call it from a hook"),
+        ("list_steps()", "Call it from a hook"),
+    ],
+)
+def test_using_the_registry_from_a_plugin_import_is_an_error_not_a_hang(installed, call, expected):
+    installed(
+        "ks-reentrant",
+        {"ks_reentrant": _REENTRANT % call, "ks_good": GOOD_STEP},
+        {"reentrant": "ks_reentrant", "good": "ks_good"},
+    )
+    done = {}
+
+    def load():
+        with pytest.warns(keras_steps.PluginLoadWarning) as record:
+            done["names"] = [s.name for s in keras_steps.list_steps()]
+        done["warned"] = [str(w.message) for w in record]
+
+    # The registry lock used to be taken twice by one thread: run in a
+    # thread so that a regression fails the test instead of hanging it.
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the registry deadlocked on a plugin's import"
+    assert {"good", "supervised"} <= set(done["names"]) and "reentrant" not in done["names"]
+    (message,) = done["warned"]
+    fn = call.split("(")[0]
+    assert f"keras_steps.{fn}() was called while keras_steps was loading" in message
+    assert "'reentrant' = 'ks_reentrant' from distribution ks-reentrant 1.0" in message
+    assert expected in message
+    assert "reentrant" in keras_steps.list_problems()
+    # Once loaded, the same calls work from the user's code.
+    assert keras_steps.get_step("supervised").source.kind == "core"
 
 
 class LocalStep:
@@ -157,9 +356,10 @@ def test_register_and_unregister_local_step():
         keras_steps.unregister_step("mine")
 
 
-def test_local_step_cannot_take_an_installed_name():
+def test_local_step_cannot_take_an_installed_name(installed):
+    installed("ks-good", {"ks_good": GOOD_STEP}, {"good": "ks_good"})
     with pytest.raises(keras_steps.StepConflictError, match="unregister_step"):
-        keras_steps.register_step(LocalStep(), name="supervised")
+        keras_steps.register_step(LocalStep(), name="good")
 
 
 def test_invalid_step_name():
@@ -256,3 +456,40 @@ def test_public_api_is_exported():
         assert hasattr(keras_steps, name), name
     assert keras_steps.hookimpl.project_name == "keras_steps"
     assert keras_steps.hookspec.project_name == "keras_steps"
+
+
+def test_a_thread_started_and_awaited_by_a_plugin_import_times_out_clearly(installed, monkeypatch):
+    code = (
+        """
+import threading
+import keras_steps
+
+errors = []
+
+
+def use():
+    try:
+        keras_steps.list_steps()
+    except keras_steps.StepError as exc:
+        errors.append(str(exc))
+
+
+helper = threading.Thread(target=use)
+helper.start()
+helper.join()
+"""
+        + GOOD_STEP
+    )
+    installed("ks-threads", {"ks_threads": code}, {"threads": "ks_threads"})
+    monkeypatch.setattr(_registry, "WAIT_S", 0.5)
+    done = {}
+    thread = threading.Thread(target=lambda: done.update(step=keras_steps.get_step("threads")))
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the registry deadlocked on a plugin's helper thread"
+    import ks_threads
+
+    (message,) = ks_threads.errors
+    assert "keras_steps.list_steps() waited 0.5 s for the registry" in message
+    assert "'threads' = 'ks_threads' from distribution ks-threads 1.0" in message
+    assert done["step"].source.distribution == "ks-threads"  # the plugin itself loads

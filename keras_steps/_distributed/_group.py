@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from keras_steps._distributed import _presence
 from keras_steps._errors import DistributedError
 
 TIMEOUT_ENV = "KERAS_STEPS_DIST_TIMEOUT"
@@ -99,11 +100,12 @@ def collective(what: str, op: Callable, *args: Any, **kwargs: Any) -> Any:
     except RuntimeError as err:
         timeout = _state["timeout_s"]
         limit = f"{timeout:g} s ({TIMEOUT_ENV})" if timeout else "the process group's timeout"
+        others = _presence.after_failure(what)
         raise DistributedError(
             f"keras_steps, rank {rank()} of {world_size()}: {what} failed. Another "
             f"rank stopped (its own error is in its output and torchrun's summary), "
             f"took longer than {limit}, or ran a different number of training "
-            f"steps or updates. Cause: {err}"
+            f"steps or updates.{others} Cause: {err}"
         ) from err
 
 

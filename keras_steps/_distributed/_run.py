@@ -7,7 +7,7 @@ from typing import Any
 import keras
 
 from keras_steps import _keras_private
-from keras_steps._distributed import _data, _group, _sync
+from keras_steps._distributed import _data, _group, _presence, _sync
 from keras_steps._errors import DistributedError
 
 # Callbacks that write files, print, or talk to a server: rank 0's alone.
@@ -115,17 +115,30 @@ class _DistributedRun(keras.callbacks.Callback):
         self._sampler = sampler
         self._fitting = False
 
+    # _presence records where this rank is, so that a rank that leaves is
+    # named by the others' errors.
     def on_train_begin(self, logs=None):
         self._fitting = True
+        _presence.entered("fit")
         _sync.broadcast_from_rank_zero(self.model)
 
     def on_train_end(self, logs=None):
         self._fitting = False
+        _presence.left("fit")
 
     def on_test_begin(self, logs=None):
         if not self._fitting:
+            _presence.entered("evaluate")
             _sync.broadcast_from_rank_zero(self.model)
 
+    def on_test_end(self, logs=None):
+        if not self._fitting:
+            _presence.left("evaluate")
+
     def on_epoch_begin(self, epoch, logs=None):
+        _presence.at(epoch=epoch)
         if self._sampler is not None:
             self._sampler.set_epoch(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        _presence.at(batches=batch + 1)
