@@ -22,6 +22,7 @@ from keras_steps._backprop import backprop  # noqa: E402
 from keras_steps._distributed import batch_random  # noqa: E402
 from keras_steps._errors import (  # noqa: E402
     BackendError,
+    DamagedFileError,
     DistributedError,
     OptionsError,
     PluginError,
@@ -41,6 +42,7 @@ from keras_steps._registry import (  # noqa: E402
     register_step,
     unregister_step,
 )
+from keras_steps._saving import load_model  # noqa: E402
 from keras_steps._step import Step, StepSource  # noqa: E402
 from keras_steps.hookspecs import hookimpl, hookspec  # noqa: E402
 
@@ -49,6 +51,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ENTRY_POINT_GROUP",
     "BackendError",
+    "DamagedFileError",
     "DistributedError",
     "OptionsError",
     "PluginError",
@@ -69,6 +72,7 @@ __all__ = [
     "hookspec",
     "list_problems",
     "list_steps",
+    "load_model",
     "register_step",
     "unregister_step",
 ]

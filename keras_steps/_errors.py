@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "DamagedFileError",
     "DistributedError",
     "OptionsError",
     "PluginError",
@@ -24,6 +25,10 @@ class StepError(ValueError):
 
 class BackendError(StepError):
     """Keras runs on a backend other than PyTorch."""
+
+
+class DamagedFileError(StepError):
+    """A model or weights file is truncated or is not the file it claims to be."""
 
 
 class UnknownStepError(StepError, LookupError):

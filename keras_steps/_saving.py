@@ -30,26 +30,39 @@ import dataclasses
 import inspect
 import json
 import os
+import warnings
+import zipfile
 from typing import Any
 
 import keras
 from keras.src.saving import object_registration
 
-from keras_steps import _distributed
-from keras_steps._errors import OptionsError, PluginError, StepError, UnknownStepError
+from keras_steps import _atomic, _distributed, _keras_private
+from keras_steps._errors import (
+    DamagedFileError,
+    OptionsError,
+    PluginError,
+    StepError,
+    UnknownStepError,
+)
 from keras_steps._options import StepOptions
 from keras_steps._registry import get_step
 from keras_steps._step import Step
 
 __all__ = [
+    "check_not_damaged",
     "check_restored",
     "claim_saved_step",
     "deserialize_models",
+    "load_model",
     "load_unsaved_state",
+    "load_weights",
     "pop_saved_step",
     "rebuilding",
     "register_variant_name",
+    "save_model",
     "save_unsaved_state",
+    "save_weights",
     "step_config",
     "with_mid_epoch_resume",
 ]
@@ -95,6 +108,146 @@ def register_variant_name(variant: type) -> None:
         names[variant] = names[base]
     else:
         names.pop(variant, None)
+
+
+# -- files: atomic writes, damaged files, every optimizer restored ----------------
+def save_model(keras_save, filepath, overwrite=True, zipped=None, **kwargs) -> None:
+    """``keras.Model.save``, written to a temporary file and renamed over ``filepath``.
+
+    A kill at any moment leaves the old file or the new one. Remote paths and
+    unzipped directories (``zipped=False``) are written by Keras as they are.
+    """
+    if not _atomic.is_local(filepath) or zipped is False:
+        keras_save(filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+        return
+    if not _may_overwrite(filepath, overwrite):
+        return
+    _atomic.write_with(
+        lambda temp: keras_save(temp, overwrite=True, zipped=zipped, **kwargs), filepath
+    )
+
+
+def save_weights(keras_save_weights, filepath, overwrite=True, max_shard_size=None) -> None:
+    """``keras.Model.save_weights``, written atomically as :func:`save_model`.
+
+    Sharded weights (``max_shard_size``) are several files that one rename
+    cannot replace together; Keras writes them as it does.
+    """
+    if not _atomic.is_local(filepath) or max_shard_size is not None:
+        keras_save_weights(filepath, overwrite=overwrite, max_shard_size=max_shard_size)
+        return
+    if not _may_overwrite(filepath, overwrite):
+        return
+    _atomic.write_with(lambda temp: keras_save_weights(temp, overwrite=True), filepath)
+
+
+def _may_overwrite(filepath, overwrite: bool) -> bool:
+    if overwrite or not os.path.exists(filepath):
+        return True
+    return _keras_private.ask_to_proceed_with_overwrite(os.fspath(filepath))
+
+
+def check_not_damaged(filepath) -> None:
+    """Raise :class:`DamagedFileError` if a local model or weights file is unreadable.
+
+    Keras reports a truncated ``.keras`` file as "File not found" and a
+    truncated ``.weights.h5`` as an h5py ``OSError``. A missing file is left
+    to Keras's own message.
+    """
+    if not _atomic.is_local(filepath) or not os.path.isfile(filepath):
+        return
+    path = os.fspath(filepath)
+    size = os.path.getsize(path)
+    if path.endswith(".keras"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise _damaged(path, size, f"it is not a complete zip archive ({exc})") from None
+        missing = sorted({"config.json", "metadata.json"} - names)
+        if missing:
+            raise _damaged(path, size, f"the archive has no {', '.join(missing)}")
+    elif path.endswith((".h5", ".hdf5")):
+        import h5py  # a Keras dependency, imported only where h5 files are read
+
+        try:
+            with h5py.File(path, "r"):
+                pass
+        except OSError as exc:
+            raise _damaged(path, size, f"it is not a complete HDF5 file ({exc})") from None
+
+
+def _damaged(path: str, size: int, why: str) -> DamagedFileError:
+    return DamagedFileError(
+        f"The file {path!r} ({size} bytes) is damaged: {why}. keras_steps writes "
+        "its files atomically, so it was cut short or changed by something else "
+        "(an interrupted copy, a full disk, a save made with keras.saving.save_model "
+        "instead of model.save). Load an earlier copy."
+    )
+
+
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
+    """``keras.models.load_model``, but a damaged file is a clear error.
+
+    Args:
+        filepath: the ``.keras`` (or legacy ``.h5``) file.
+        custom_objects: as for ``keras.models.load_model``.
+        compile: as for ``keras.models.load_model``.
+        safe_mode: as for ``keras.models.load_model``.
+
+    Returns:
+        The loaded model.
+
+    Raises:
+        DamagedFileError: the file exists but is truncated or not a Keras
+            file; Keras itself would say "File not found".
+        StepError: the saved step or its options cannot be used (see
+            docs/saving.md).
+    """
+    check_not_damaged(filepath)
+    return keras.models.load_model(
+        filepath, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
+    )
+
+
+_SKIPPED_OPTIMIZER = "Skipping variable loading for optimizer"
+
+
+def load_weights(model: Any, keras_load_weights, filepath, skip_mismatch=False, **kwargs):
+    """``keras.Model.load_weights`` that restores every optimizer, or raises.
+
+    Keras loads optimizer state only into optimizers that are already built,
+    and skips the others with a warning; a single optimizer is built by the
+    first training step, so its ``iterations`` and moments would be lost.
+    Every optimizer of a compiled model is built first, and a skipped one is
+    an error.
+    """
+    check_not_damaged(filepath)
+    if model.built:
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(model.trainable_variables)
+        model._build_role_optimizers()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        keras_load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+    skipped = []
+    for warning in caught:
+        if str(warning.message).startswith(_SKIPPED_OPTIMIZER) and not skip_mismatch:
+            skipped.append(str(warning.message).strip())
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    if skipped:
+        raise StepError(
+            f"Cannot load the weights of {model.name!r} (step {model.step!r}) from "
+            f"{os.fspath(filepath)!r}: the optimizer state in the file does not fit "
+            "the model's optimizers, so training would not continue where it "
+            "stopped. Compile the model as it was compiled when saved (same "
+            "optimizer classes and roles), or pass skip_mismatch=True to load "
+            "without it. Keras: " + " ".join(skipped)
+        )
 
 
 # -- reading --------------------------------------------------------------------
