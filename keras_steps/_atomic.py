@@ -15,7 +15,7 @@ import secrets
 import stat
 from collections.abc import Callable, Iterator
 
-__all__ = ["atomic_path", "is_local", "write_bytes"]
+__all__ = ["atomic_path", "fsync", "is_local", "write_bytes", "write_with"]
 
 #: The name endings Keras dispatches on; the temporary name keeps the target's.
 SUFFIXES = (".weights.h5", ".weights.json", ".keras", ".hdf5", ".h5", ".json")
@@ -32,7 +32,8 @@ def _suffix(name: str) -> str:
     return next((s for s in SUFFIXES if name.endswith(s)), "")
 
 
-def _fsync(path: str, directory: bool = False) -> None:
+def fsync(path: str, directory: bool = False) -> None:
+    """Flush ``path`` (a file, or with ``directory`` a directory) to disk."""
     flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
     try:
         fd = os.open(path, flags)
@@ -63,21 +64,19 @@ def atomic_path(target: str | os.PathLike) -> Iterator[str]:
         target = os.path.realpath(target)  # replace the file, keep the link
     directory = os.path.dirname(os.path.abspath(target))
     name = os.path.basename(target)
-    temp = os.path.join(
-        directory, f".{name}{TEMP_MARK}{secrets.token_hex(4)}{_suffix(name)}"
-    )
+    temp = os.path.join(directory, f".{name}{TEMP_MARK}{secrets.token_hex(4)}{_suffix(name)}")
     try:
         yield temp
         if os.path.exists(target):
             # open(target, "w") would have kept the file's permissions.
             os.chmod(temp, stat.S_IMODE(os.stat(target).st_mode))
-        _fsync(temp)
+        fsync(temp)
         os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(temp)
         raise
-    _fsync(directory, directory=True)
+    fsync(directory, directory=True)
 
 
 def write_bytes(target: str | os.PathLike, content: bytes) -> None:

@@ -209,7 +209,11 @@ class StepModel(keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        saved = _saving.pop_saved_step(config)
+        # A subclass with its own get_config may leave the step keys out (its
+        # constructor picks the step); any other config must have them all.
+        saved = _saving.pop_saved_step(
+            config, required=cls.get_config is StepModel.get_config
+        )
         if saved is None:
             return super().from_config(config, custom_objects=custom_objects)
         step, options = saved

@@ -268,27 +268,42 @@ def _saved_source(config: dict[str, Any]) -> str:
     return ""
 
 
-def pop_saved_step(config: dict[str, Any]) -> tuple[Step, StepOptions] | None:
+def pop_saved_step(
+    config: dict[str, Any], required: bool = True
+) -> tuple[Step, StepOptions] | None:
     """Remove the step keys from ``config``; return the step and validated options.
 
-    Returns None when ``config`` has no step keys (a subclass whose own
-    ``get_config`` does not call ``super().get_config()``).
+    Returns None only when ``required`` is false and ``config`` has none of
+    the step keys: a subclass whose own ``get_config`` does not call
+    ``super().get_config()`` is rebuilt by its constructor, step included.
+    Otherwise nothing is filled in: ``step``, ``step_options`` and
+    ``step_options_version`` must each be there, of the right type.
 
     Raises:
+        StepError: ``step`` is missing or not a str.
         UnknownStepError, StepConflictError, PluginError: the saved step is not
             usable here; the message names the step and the plugin
             distribution it was saved from.
-        OptionsError: the saved options no longer validate, and no
-            ``step_migrate_options`` hook turns them into options that do.
+        OptionsError: ``step_options`` or ``step_options_version`` is missing,
+            null or of the wrong type, or the saved options no longer
+            validate and no ``step_migrate_options`` hook turns them into
+            options that do.
     """
-    if "step" not in config:
+    if not required and not any(key in config for key in STEP_KEYS):
         return None
+    present = {key for key in STEP_KEYS if key in config}
     saved = {key: config.pop(key, None) for key in STEP_KEYS}
     name = saved["step"]
     where = _saved_source(saved)
+    if "step" not in present:
+        raise StepError(
+            "Cannot load the saved StepModel: its config has no 'step' field (the "
+            f"step's name){where}; the file was not written by StepModel.save or "
+            "was edited. Nothing is assumed in its place."
+        )
     if not isinstance(name, str):
         raise StepError(
-            f"Cannot load the saved StepModel: its step name is "
+            f"Cannot load the saved StepModel: its 'step' field is "
             f"{type(name).__name__} {name!r}, not a str{where}."
         )
     try:
@@ -306,15 +321,32 @@ def pop_saved_step(config: dict[str, Any]) -> tuple[Step, StepOptions] | None:
             f"Cannot load the saved StepModel: it was trained with step {name!r}"
             f"{where}, which cannot be used here.{hint} {exc}"
         ) from None
-    options = saved["step_options"] if saved["step_options"] is not None else {}
-    version = saved["step_options_version"] or 0
     heading = f"Cannot load the saved StepModel with step {name!r}{where}:"
+    options, version = saved["step_options"], saved["step_options_version"]
+    for field, value, expected in (
+        ("step_options", options, "a dict of the step's options"),
+        ("step_options_version", version, "an int >= 0"),
+    ):
+        if field not in present:
+            raise OptionsError(
+                f"{heading} its config has no {field!r} field; expected {expected}. "
+                "Nothing is assumed in its place."
+            )
+        if value is None:
+            raise OptionsError(
+                f"{heading} its {field!r} field is null; expected {expected}. "
+                "Nothing is assumed in its place."
+            )
     if not isinstance(options, dict):
         raise OptionsError(
-            f"{heading} its options are {type(options).__name__}, not a dict."
+            f"{heading} its 'step_options' field is {type(options).__name__} "
+            f"{options!r}; expected a dict of the step's options."
         )
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise OptionsError(f"{heading} options version {version!r} is not an int >= 0.")
+        raise OptionsError(
+            f"{heading} its 'step_options_version' field is {version!r}; expected "
+            "an int >= 0."
+        )
     options = _migrate(step, copy.deepcopy(options), version, heading)
     try:
         return step, step.validate_options(options)
