@@ -18,6 +18,7 @@ from keras_steps import _distributed  # noqa: E402
 # Under torchrun, each process takes its own GPU before any layer is built.
 _distributed.select_device()
 
+from keras_steps import callbacks  # noqa: E402  (keras_steps.callbacks.X after import keras_steps)
 from keras_steps._backprop import backprop  # noqa: E402
 from keras_steps._distributed import batch_random  # noqa: E402
 from keras_steps._errors import (  # noqa: E402
@@ -67,6 +68,7 @@ __all__ = [
     "__version__",
     "backprop",
     "batch_random",
+    "callbacks",
     "get_step",
     "hookimpl",
     "hookspec",
