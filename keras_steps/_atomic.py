@@ -15,7 +15,7 @@ import secrets
 import stat
 from collections.abc import Callable, Iterator
 
-__all__ = ["atomic_path", "fsync", "is_local", "write_bytes", "write_with"]
+__all__ = ["atomic_path", "can_replace", "fsync", "is_local", "write_bytes", "write_with"]
 
 #: The name endings Keras dispatches on; the temporary name keeps the target's.
 SUFFIXES = (".weights.h5", ".weights.json", ".keras", ".hdf5", ".h5", ".json")
@@ -26,6 +26,17 @@ TEMP_MARK = ".tmp-"
 def is_local(filepath: object) -> bool:
     """Whether ``filepath`` names a local file (not ``gs://``, ``hf://``, ...)."""
     return isinstance(filepath, (str, os.PathLike)) and "://" not in os.fspath(filepath)
+
+
+def can_replace(filepath: object, suffixes: tuple[str, ...]) -> bool:
+    """Whether ``filepath`` is a local file with one of ``suffixes`` in an existing directory.
+
+    Other paths go to Keras unchanged, so that its errors name the path given.
+    """
+    if not is_local(filepath):
+        return False
+    path = os.path.abspath(os.fspath(filepath))
+    return path.endswith(suffixes) and os.path.isdir(os.path.dirname(path))
 
 
 def _suffix(name: str) -> str:

@@ -117,7 +117,8 @@ def save_model(keras_save, filepath, overwrite=True, zipped=None, **kwargs) -> N
     A kill at any moment leaves the old file or the new one. Remote paths and
     unzipped directories (``zipped=False``) are written by Keras as they are.
     """
-    if not _atomic.is_local(filepath) or zipped is False:
+    if not _atomic.can_replace(filepath, (".keras", ".h5", ".hdf5")) or zipped is False:
+        # Keras writes it, or raises its own error naming the path it was given.
         keras_save(filepath, overwrite=overwrite, zipped=zipped, **kwargs)
         return
     if not _may_overwrite(filepath, overwrite):
@@ -133,7 +134,7 @@ def save_weights(keras_save_weights, filepath, overwrite=True, max_shard_size=No
     Sharded weights (``max_shard_size``) are several files that one rename
     cannot replace together; Keras writes them as it does.
     """
-    if not _atomic.is_local(filepath) or max_shard_size is not None:
+    if not _atomic.can_replace(filepath, (".weights.h5",)) or max_shard_size is not None:
         keras_save_weights(filepath, overwrite=overwrite, max_shard_size=max_shard_size)
         return
     if not _may_overwrite(filepath, overwrite):

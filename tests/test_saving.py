@@ -698,3 +698,14 @@ def test_save_without_overwrite_asks_first(tmp_path, monkeypatch):
     )
     model.save(path, overwrite=False)
     assert answers == [str(path)] and path.read_bytes() == before
+
+
+def test_paths_keras_refuses_are_refused_by_keras_naming_them(tmp_path):
+    model = build("duel")
+    with pytest.raises(ValueError, match=r"m\.txt"):
+        model.save(tmp_path / "m.txt")
+    with pytest.raises(ValueError, match=r"must end in `\.weights\.h5`.*m\.h5"):
+        model.save_weights(tmp_path / "m.h5")
+    with pytest.raises(OSError, match="nowhere"):
+        model.save_weights(tmp_path / "nowhere" / "m.weights.h5")
+    assert list(tmp_path.iterdir()) == []
