@@ -4,7 +4,9 @@
 model once, measures how long one write takes, then forks a child per kill
 time that writes and is SIGKILLed that long after it starts; the parent
 loads the file (or resumes the backup) after each kill and records what it
-found. ``--keras`` writes with Keras's own code instead (the control).
+found. ``--keras`` writes with Keras's own code instead (the control); with
+``--plain`` too, the model is a plain ``keras.Model``, so no keras-steps
+code is involved at all.
 Forking keeps the 24+ kills to one interpreter start.
 """
 
@@ -38,12 +40,16 @@ SPAN = 2.0
 WIDTH = 768  # 2 x 768 x 768 kernels + Adam moments: a file of about 14 MB
 
 
+PLAIN = "--plain" in sys.argv[3:]
+
+
 def build(seed: int = 0):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((8,))
     hidden = keras.layers.Dense(WIDTH, activation="relu")(inputs)
     hidden = keras.layers.Dense(WIDTH, activation="relu")(hidden)
-    model = keras_steps.StepModel(inputs, keras.layers.Dense(1)(hidden))
+    model_class = keras.Model if PLAIN else keras_steps.StepModel
+    model = model_class(inputs, keras.layers.Dense(1)(hidden))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     return model
 
