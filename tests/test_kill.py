@@ -68,3 +68,11 @@ def test_sigkill_during_a_backup_resumes_as_if_never_killed(tmp_path):
     # Some kills left the previous backup (epoch 1), some the new one (epoch 2).
     epochs = {json.loads(k["record"])["epoch"] for k in kills if k["record"]}
     assert epochs == {1, 2}, kills
+
+
+def test_control_sigkill_during_keras_s_own_backup_breaks_it(tmp_path):
+    # Keras alone: a plain keras.Model and keras.callbacks.BackupAndRestore.
+    result = _kill(tmp_path, "backup", "--keras", "--plain")
+    broken = [k for k in result["kills"] if k["outcome"].startswith("broken")]
+    assert len(broken) >= 3, result["kills"]
+    assert all("Unable to synchronously open file" in k["outcome"] for k in broken), broken
