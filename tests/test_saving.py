@@ -286,16 +286,27 @@ class Scaled:
         return keras.Model.test_step(model, data)
 
 
+@keras.saving.register_keras_serializable(package="test_saving")
+class Fixed(StepModel):
+    """A subclass whose constructor always asks for step "scaled", factor 2."""
+
+    def __init__(self, **kwargs):
+        super().__init__(step="scaled", step_options={"factor": 2.0}, **kwargs)
+        self.dense = keras.layers.Dense(1)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+@keras.saving.register_keras_serializable(package="test_saving")
+class OwnConfig(Fixed):
+    """A subclass whose get_config leaves the step out: its constructor picks it."""
+
+    def get_config(self):
+        return {"name": self.name}
+
+
 def test_saved_step_wins_over_what_the_subclass_constructor_passes(tmp_path):
-    @keras.saving.register_keras_serializable(package="test_saving")
-    class Fixed(StepModel):
-        def __init__(self, **kwargs):
-            super().__init__(step="scaled", step_options={"factor": 2.0}, **kwargs)
-            self.dense = keras.layers.Dense(1)
-
-        def call(self, x):
-            return self.dense(x)
-
     keras_steps.register_step(Scaled, name="scaled")
     model = Fixed()
     model.step_options.factor = 0.5  # what it was trained with, say
@@ -547,18 +558,6 @@ def test_null_options_are_not_replaced_by_the_defaults(tmp_path):
 
 
 def test_a_subclass_with_its_own_config_rebuilds_its_step_itself(tmp_path):
-    @keras.saving.register_keras_serializable(package="test_saving")
-    class OwnConfig(StepModel):
-        def __init__(self, **kwargs):
-            super().__init__(step="scaled", step_options={"factor": 2.0}, **kwargs)
-            self.dense = keras.layers.Dense(1)
-
-        def call(self, x):
-            return self.dense(x)
-
-        def get_config(self):
-            return {"name": self.name}  # no step keys: the constructor picks it
-
     keras_steps.register_step(Scaled, name="scaled")
     model = OwnConfig()
     model(np.zeros((1, 8)))
