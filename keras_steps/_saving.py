@@ -211,17 +211,14 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     )
 
 
-_SKIPPED_OPTIMIZER = "Skipping variable loading for optimizer"
-
-
 def load_weights(model: Any, keras_load_weights, filepath, skip_mismatch=False, **kwargs):
     """``keras.Model.load_weights`` that restores every optimizer, or raises.
 
     Keras loads optimizer state only into optimizers that are already built,
     and skips the others with a warning; a single optimizer is built by the
     first training step, so its ``iterations`` and moments would be lost.
-    Every optimizer of a compiled model is built first, and a skipped one is
-    an error.
+    Every optimizer of a compiled model is built first, and one whose saved
+    state does not fit (Keras's warning, then nothing loaded) is an error.
     """
     check_not_damaged(filepath)
     if model.built:
@@ -229,26 +226,51 @@ def load_weights(model: Any, keras_load_weights, filepath, skip_mismatch=False, 
         if optimizer is not None and not optimizer.built:
             optimizer.build(model.trainable_variables)
         model._build_role_optimizers()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    skipped: list[str] = []
+    with contextlib.ExitStack() as stack:
+        if not skip_mismatch:
+            for optimizer in _all_optimizers(model):
+                stack.enter_context(_noting_skipped_state(optimizer, skipped))
         keras_load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
-    skipped = []
-    for warning in caught:
-        if str(warning.message).startswith(_SKIPPED_OPTIMIZER) and not skip_mismatch:
-            skipped.append(str(warning.message).strip())
-        else:
-            warnings.warn_explicit(
-                warning.message, warning.category, warning.filename, warning.lineno
-            )
     if skipped:
         raise StepError(
             f"Cannot load the weights of {model.name!r} (step {model.step!r}) from "
             f"{os.fspath(filepath)!r}: the optimizer state in the file does not fit "
-            "the model's optimizers, so training would not continue where it "
-            "stopped. Compile the model as it was compiled when saved (same "
-            "optimizer classes and roles), or pass skip_mismatch=True to load "
-            "without it. Keras: " + " ".join(skipped)
+            f"the model's optimizers ({'; '.join(skipped)}), so training would not "
+            "continue where it stopped. Compile the model as it was compiled when "
+            "saved (same optimizer classes and roles), or pass skip_mismatch=True "
+            "to load the rest without it."
         )
+
+
+def _all_optimizers(model: Any) -> list:
+    found = {id(o): o for o in model.optimizers.values()}
+    if getattr(model, "optimizer", None) is not None:
+        found.setdefault(id(model.optimizer), model.optimizer)
+    return list(found.values())
+
+
+@contextlib.contextmanager
+def _noting_skipped_state(optimizer: Any, skipped: list[str]):
+    """While loading, note when ``optimizer``'s saved state cannot be loaded into it.
+
+    The same test as Keras's ``load_own_variables``, which then only warns.
+    """
+    original = optimizer.load_own_variables
+
+    def load_own_variables(store):
+        if len(store.keys()) != len(optimizer.variables):
+            skipped.append(
+                f"optimizer {optimizer.name!r} has {len(optimizer.variables)} "
+                f"variables, the file {len(store.keys())}"
+            )
+        return original(store)
+
+    optimizer.load_own_variables = load_own_variables
+    try:
+        yield
+    finally:
+        del optimizer.load_own_variables  # the class's method again
 
 
 # -- reading --------------------------------------------------------------------
@@ -626,6 +648,15 @@ def with_mid_epoch_resume(fit, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         backups = [
             c for c in callbacks if isinstance(c, keras.callbacks.BackupAndRestore)
         ]
+        if any(type(c) is keras.callbacks.BackupAndRestore for c in backups):
+            warnings.warn(
+                "keras.callbacks.BackupAndRestore can leave a backup that cannot be "
+                "resumed, or that resumes at the wrong epoch, if the process is killed "
+                "while it writes. keras_steps.callbacks.BackupAndRestore takes the "
+                "same arguments and survives a kill at any moment (docs/saving.md).",
+                UserWarning,
+                stacklevel=3,
+            )
         if backups:
             bound.arguments["callbacks"] = [*callbacks, _ResumeMidEpoch(backups)]
     return bound.args, bound.kwargs

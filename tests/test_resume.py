@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import keras
@@ -335,3 +336,11 @@ def test_sigkill_in_mid_epoch_then_resume_gan(tmp_path):
         np.testing.assert_allclose(
             histories["resumed"][name], histories["reference"][name][1:], rtol=1e-6
         )
+
+
+def test_keras_s_own_callback_gets_a_warning_and_keras_steps_none(tmp_path):
+    with pytest.warns(UserWarning, match="keras_steps.callbacks.BackupAndRestore takes"):
+        fit(build("supervised"), "supervised", 1, [keras.callbacks.BackupAndRestore(tmp_path)])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="keras.callbacks.BackupAndRestore")
+        fit(build("supervised"), "supervised", 1, [BackupAndRestore(tmp_path)])
