@@ -45,7 +45,8 @@ class StepModel(keras.Model):
 
     ``model.save`` and ``keras.models.load_model`` keep the step, its options,
     every network, every optimizer's state, the step's metric trackers and
-    random seed state (docs/saving.md). A subclass with its own constructor
+    random seed state (docs/saving.md); ``save`` and ``save_weights`` are
+    atomic, so a kill leaves the old file or the new one. A subclass with its own constructor
     arguments is serialized as in Keras (register it with
     ``keras.saving.register_keras_serializable``); the step and options it
     was saved with are restored whatever its constructor passes.

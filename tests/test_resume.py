@@ -344,3 +344,23 @@ def test_keras_s_own_callback_gets_a_warning_and_keras_steps_none(tmp_path):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="keras.callbacks.BackupAndRestore")
         fit(build("supervised"), "supervised", 1, [BackupAndRestore(tmp_path)])
+
+
+def test_keras_s_double_checkpoint_still_falls_back_on_a_damaged_backup(tmp_path):
+    # StepModel.load_weights raises DamagedFileError, an OSError like h5py's,
+    # so Keras's fallback to its previous backup still runs.
+    directory = tmp_path / "b"
+
+    def backup():
+        return keras.callbacks.BackupAndRestore(
+            directory, double_checkpoint=True, delete_checkpoint=False
+        )
+
+    fit(build("duel"), "duel", 2, [backup()])
+    (directory / "latest.weights.h5").write_bytes(b"")
+    resumed = build("duel")
+    history = fit(resumed, "duel", EPOCHS, [backup()])
+    assert history.epoch == [1, 2]  # from the previous backup, after epoch 0
+    reference = build("duel")
+    fit(reference, "duel", EPOCHS)
+    _assert_same(weights(resumed), weights(reference))
