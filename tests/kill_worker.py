@@ -64,27 +64,33 @@ def kernel(model) -> np.ndarray:
     return keras.ops.convert_to_numpy(model.weights[0])
 
 
-def kill_after(delay: float, write) -> int:
-    """Fork a child that runs ``write()``; SIGKILL it ``delay`` s after the fork."""
+def kill_after(delay: float | None, write) -> float:
+    """Fork a child that runs ``write()``; SIGKILL it ``delay`` s after the fork.
+
+    With ``delay=None`` the child finishes. Returns the seconds from the fork
+    to the child's end.
+    """
+    start = time.perf_counter()
     pid = os.fork()
     if pid == 0:  # the child: write, then leave without any cleanup
         try:
             write()
         finally:
             os._exit(0)
-    time.sleep(delay)
-    os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    return status
+    if delay is not None:
+        time.sleep(delay)
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return time.perf_counter() - start
 
 
 def measure(write, times: int = 5) -> float:
-    durations = []
-    for _ in range(times):
-        start = time.perf_counter()
-        write()
-        durations.append(time.perf_counter() - start)
-    return statistics.median(durations)
+    """Median seconds of ``write()`` in a forked child, as the kills see it.
+
+    A forked writer is slower than the parent (its pages are copied on
+    write), so the parent's own timing would put every kill too early.
+    """
+    return statistics.median(kill_after(None, write) for _ in range(times))
 
 
 def temp_files(directory: str) -> list[str]:
@@ -106,9 +112,10 @@ def kill_saves(workdir: str, use_keras: bool) -> dict:
     save = (lambda: keras.Model.save(model, target)) if use_keras else (lambda: model.save(target))
     duration = measure(save)
     results = []
-    for i in range(KILLS):
+    # The last write is not killed: it must leave the new file.
+    for i in range(KILLS + 1):
         shutil.copy(pristine, target)
-        delay = SPAN * duration * i / (KILLS - 1)
+        delay = SPAN * duration * i / (KILLS - 1) if i < KILLS else None
         kill_after(delay, save)
         leftovers = temp_files(workdir)
         try:
@@ -170,12 +177,9 @@ def make_backup(directory: str, use_keras: bool):
     return BackupAndRestore(directory)
 
 
-def kill_backups(workdir: str, use_keras: bool) -> dict:
-    reference = build()
-    backup_fit(reference, make_backup(os.path.join(workdir, "ref"), use_keras))
-    expected = [keras.ops.convert_to_numpy(v) for v in reference.weights]
-    # How long one backup takes: an epoch-end backup, timed from the epoch's end.
-    timed = make_backup(os.path.join(workdir, "timing"), use_keras)
+def time_backups(directory: str, use_keras: bool, out: str) -> None:
+    """Write to ``out`` how long each backup of a run takes."""
+    timed = make_backup(directory, use_keras)
     durations = []
     original = timed.on_epoch_end
 
@@ -186,7 +190,20 @@ def kill_backups(workdir: str, use_keras: bool) -> dict:
 
     timed.on_epoch_end = timing
     backup_fit(build(), timed)
-    duration = statistics.median(durations)
+    with open(out, "w") as f:
+        json.dump(durations, f)
+
+
+def kill_backups(workdir: str, use_keras: bool) -> dict:
+    reference = build()
+    backup_fit(reference, make_backup(os.path.join(workdir, "ref"), use_keras))
+    expected = [keras.ops.convert_to_numpy(v) for v in reference.weights]
+    # How long one backup takes: an epoch-end backup, timed from the epoch's end.
+    # Timed in a forked child, as the kills will run (see measure()).
+    timings = os.path.join(workdir, "timings.json")
+    kill_after(None, lambda: time_backups(os.path.join(workdir, "timing"), use_keras, timings))
+    with open(timings) as f:
+        duration = statistics.median(json.load(f))
     results = []
     for i in range(KILLS):
         directory = os.path.join(workdir, f"b{i}")
