@@ -18,10 +18,12 @@ from keras_steps import _distributed  # noqa: E402
 # Under torchrun, each process takes its own GPU before any layer is built.
 _distributed.select_device()
 
+from keras_steps import callbacks  # noqa: E402  (keras_steps.callbacks.X after import keras_steps)
 from keras_steps._backprop import backprop  # noqa: E402
 from keras_steps._distributed import batch_random  # noqa: E402
 from keras_steps._errors import (  # noqa: E402
     BackendError,
+    DamagedFileError,
     DistributedError,
     OptionsError,
     PluginError,
@@ -41,6 +43,7 @@ from keras_steps._registry import (  # noqa: E402
     register_step,
     unregister_step,
 )
+from keras_steps._saving import load_model  # noqa: E402
 from keras_steps._step import Step, StepSource  # noqa: E402
 from keras_steps.hookspecs import hookimpl, hookspec  # noqa: E402
 
@@ -49,6 +52,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ENTRY_POINT_GROUP",
     "BackendError",
+    "DamagedFileError",
     "DistributedError",
     "OptionsError",
     "PluginError",
@@ -64,11 +68,13 @@ __all__ = [
     "__version__",
     "backprop",
     "batch_random",
+    "callbacks",
     "get_step",
     "hookimpl",
     "hookspec",
     "list_problems",
     "list_steps",
+    "load_model",
     "register_step",
     "unregister_step",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "DamagedFileError",
     "DistributedError",
     "OptionsError",
     "PluginError",
@@ -24,6 +25,15 @@ class StepError(ValueError):
 
 class BackendError(StepError):
     """Keras runs on a backend other than PyTorch."""
+
+
+class DamagedFileError(StepError, OSError):
+    """A model or weights file is truncated or is not the file it claims to be.
+
+    Also an ``OSError``, the error h5py raises for such a file, so code that
+    falls back on it (Keras's ``BackupAndRestore(double_checkpoint=True)``)
+    still does.
+    """
 
 
 class UnknownStepError(StepError, LookupError):

@@ -42,7 +42,8 @@ class StepModel(_private.TrainerHooks, keras.Model):
 
     ``model.save`` and ``keras.models.load_model`` keep the step, its options,
     every network, every optimizer's state, the step's metric trackers and
-    random seed state (docs/saving.md). A subclass with its own constructor
+    random seed state (docs/saving.md); ``save`` and ``save_weights`` are
+    atomic, so a kill leaves the old file or the new one. A subclass with its own constructor
     arguments is serialized as in Keras (register it with
     ``keras.saving.register_keras_serializable``); the step and options it
     was saved with are restored whatever its constructor passes.
@@ -219,7 +220,11 @@ class StepModel(_private.TrainerHooks, keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        saved = _saving.pop_saved_step(config)
+        # A subclass with its own get_config may leave the step keys out (its
+        # constructor picks the step); any other config must have them all.
+        saved = _saving.pop_saved_step(
+            config, required=cls.get_config is StepModel.get_config
+        )
         if saved is None:
             return super().from_config(config, custom_objects=custom_objects)
         step, options = saved
@@ -242,6 +247,37 @@ class StepModel(_private.TrainerHooks, keras.Model):
         if self.optimizer is not None and self.built:
             # Build it now so that load_model can restore its variables.
             self.optimizer.build(self.trainable_variables)
+
+    def save(self, filepath, overwrite=True, zipped=None, **kwargs):
+        """Save as ``keras.Model.save``, atomically.
+
+        The file is written under a temporary name in the same directory,
+        then renamed over ``filepath``: a process killed at any moment leaves
+        the old file or the new one, never a broken one (so does
+        ``ModelCheckpoint``, which calls this). Remote paths and
+        ``zipped=False`` directories are written by Keras as they are.
+        """
+        _saving.save_model(super().save, filepath, overwrite, zipped, **kwargs)
+
+    def save_weights(self, filepath, overwrite=True, max_shard_size=None):
+        """Save the weights as ``keras.Model.save_weights``, atomically (see ``save``).
+
+        Sharded weights (``max_shard_size``) are written by Keras as they are.
+        """
+        _saving.save_weights(super().save_weights, filepath, overwrite, max_shard_size)
+
+    def load_weights(self, filepath, skip_mismatch=False, **kwargs):
+        """Load weights as ``keras.Model.load_weights``, every optimizer included.
+
+        Each optimizer of a compiled model is built first, so its state
+        (``iterations``, moments) is restored even before the first step.
+
+        Raises:
+            DamagedFileError: the file is truncated or not a weights file.
+            StepError: the file's optimizer state does not fit the model's
+                optimizers (Keras would skip it with a warning).
+        """
+        _saving.load_weights(self, super().load_weights, filepath, skip_mismatch, **kwargs)
 
     def save_own_variables(self, store):
         super().save_own_variables(store)

@@ -30,25 +30,38 @@ import dataclasses
 import inspect
 import json
 import os
+import warnings
+import zipfile
 from typing import Any
 
 import keras
 
-from keras_steps import _distributed, _keras_private
-from keras_steps._errors import OptionsError, PluginError, StepError, UnknownStepError
+from keras_steps import _atomic, _distributed, _keras_private
+from keras_steps._errors import (
+    DamagedFileError,
+    OptionsError,
+    PluginError,
+    StepError,
+    UnknownStepError,
+)
 from keras_steps._options import StepOptions
 from keras_steps._registry import get_step
 from keras_steps._step import Step
 
 __all__ = [
+    "check_not_damaged",
     "check_restored",
     "claim_saved_step",
     "deserialize_models",
+    "load_model",
     "load_unsaved_state",
+    "load_weights",
     "pop_saved_step",
     "rebuilding",
     "register_variant_name",
+    "save_model",
     "save_unsaved_state",
+    "save_weights",
     "step_config",
     "with_mid_epoch_resume",
 ]
@@ -96,6 +109,169 @@ def register_variant_name(variant: type) -> None:
         names.pop(variant, None)
 
 
+# -- files: atomic writes, damaged files, every optimizer restored ----------------
+def save_model(keras_save, filepath, overwrite=True, zipped=None, **kwargs) -> None:
+    """``keras.Model.save``, written to a temporary file and renamed over ``filepath``.
+
+    A kill at any moment leaves the old file or the new one. Remote paths and
+    unzipped directories (``zipped=False``) are written by Keras as they are.
+    """
+    if not _atomic.can_replace(filepath, (".keras", ".h5", ".hdf5")) or zipped is False:
+        # Keras writes it, or raises its own error naming the path it was given.
+        keras_save(filepath, overwrite=overwrite, zipped=zipped, **kwargs)
+        return
+    if not _may_overwrite(filepath, overwrite):
+        return
+    _atomic.write_with(
+        lambda temp: keras_save(temp, overwrite=True, zipped=zipped, **kwargs), filepath
+    )
+
+
+def save_weights(keras_save_weights, filepath, overwrite=True, max_shard_size=None) -> None:
+    """``keras.Model.save_weights``, written atomically as :func:`save_model`.
+
+    Sharded weights (``max_shard_size``) are several files that one rename
+    cannot replace together; Keras writes them as it does.
+    """
+    if not _atomic.can_replace(filepath, (".weights.h5",)) or max_shard_size is not None:
+        keras_save_weights(filepath, overwrite=overwrite, max_shard_size=max_shard_size)
+        return
+    if not _may_overwrite(filepath, overwrite):
+        return
+    _atomic.write_with(lambda temp: keras_save_weights(temp, overwrite=True), filepath)
+
+
+def _may_overwrite(filepath, overwrite: bool) -> bool:
+    if overwrite or not os.path.exists(filepath):
+        return True
+    return _keras_private.ask_to_proceed_with_overwrite(os.fspath(filepath))
+
+
+def check_not_damaged(filepath) -> None:
+    """Raise :class:`DamagedFileError` if a local model or weights file is unreadable.
+
+    Keras reports a truncated ``.keras`` file as "File not found" and a
+    truncated ``.weights.h5`` as an h5py ``OSError``. A missing file is left
+    to Keras's own message.
+    """
+    if not _atomic.is_local(filepath) or not os.path.isfile(filepath):
+        return
+    path = os.fspath(filepath)
+    size = os.path.getsize(path)
+    if path.endswith(".keras"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise _damaged(path, size, f"it is not a complete zip archive ({exc})") from None
+        missing = sorted({"config.json", "metadata.json"} - names)
+        if missing:
+            raise _damaged(path, size, f"the archive has no {', '.join(missing)}")
+    elif path.endswith((".h5", ".hdf5")):
+        import h5py  # a Keras dependency, imported only where h5 files are read
+
+        try:
+            with h5py.File(path, "r"):
+                pass
+        except OSError as exc:
+            raise _damaged(path, size, f"it is not a complete HDF5 file ({exc})") from None
+
+
+def _damaged(path: str, size: int, why: str) -> DamagedFileError:
+    return DamagedFileError(
+        f"The file {path!r} ({size} bytes) is damaged: {why}. keras_steps writes "
+        "its files atomically, so it was cut short or changed by something else "
+        "(an interrupted copy, a full disk, a save made with keras.saving.save_model "
+        "instead of model.save). Load an earlier copy."
+    )
+
+
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
+    """``keras.models.load_model``, but a damaged file is a clear error.
+
+    Args:
+        filepath: the ``.keras`` (or legacy ``.h5``) file.
+        custom_objects: as for ``keras.models.load_model``.
+        compile: as for ``keras.models.load_model``.
+        safe_mode: as for ``keras.models.load_model``.
+
+    Returns:
+        The loaded model.
+
+    Raises:
+        DamagedFileError: the file exists but is truncated or not a Keras
+            file; Keras itself would say "File not found".
+        StepError: the saved step or its options cannot be used (see
+            docs/saving.md).
+    """
+    check_not_damaged(filepath)
+    return keras.models.load_model(
+        filepath, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
+    )
+
+
+def load_weights(model: Any, keras_load_weights, filepath, skip_mismatch=False, **kwargs):
+    """``keras.Model.load_weights`` that restores every optimizer, or raises.
+
+    Keras loads optimizer state only into optimizers that are already built,
+    and skips the others with a warning; a single optimizer is built by the
+    first training step, so its ``iterations`` and moments would be lost.
+    Every optimizer of a compiled model is built first, and one whose saved
+    state does not fit (Keras's warning, then nothing loaded) is an error.
+    """
+    check_not_damaged(filepath)
+    if model.built:
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is not None and not optimizer.built:
+            optimizer.build(model.trainable_variables)
+        model._build_role_optimizers()
+    skipped: list[str] = []
+    with contextlib.ExitStack() as stack:
+        if not skip_mismatch:
+            for optimizer in _all_optimizers(model):
+                stack.enter_context(_noting_skipped_state(optimizer, skipped))
+        keras_load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+    if skipped:
+        raise StepError(
+            f"Cannot load the weights of {model.name!r} (step {model.step!r}) from "
+            f"{os.fspath(filepath)!r}: the optimizer state in the file does not fit "
+            f"the model's optimizers ({'; '.join(skipped)}), so training would not "
+            "continue where it stopped. Compile the model as it was compiled when "
+            "saved (same optimizer classes and roles), or pass skip_mismatch=True "
+            "to load the rest without it."
+        )
+
+
+def _all_optimizers(model: Any) -> list:
+    found = {id(o): o for o in model.optimizers.values()}
+    if getattr(model, "optimizer", None) is not None:
+        found.setdefault(id(model.optimizer), model.optimizer)
+    return list(found.values())
+
+
+@contextlib.contextmanager
+def _noting_skipped_state(optimizer: Any, skipped: list[str]):
+    """While loading, note when ``optimizer``'s saved state cannot be loaded into it.
+
+    The same test as Keras's ``load_own_variables``, which then only warns.
+    """
+    original = optimizer.load_own_variables
+
+    def load_own_variables(store):
+        if len(store.keys()) != len(optimizer.variables):
+            skipped.append(
+                f"optimizer {optimizer.name!r} has {len(optimizer.variables)} "
+                f"variables, the file {len(store.keys())}"
+            )
+        return original(store)
+
+    optimizer.load_own_variables = load_own_variables
+    try:
+        yield
+    finally:
+        del optimizer.load_own_variables  # the class's method again
+
+
 # -- reading --------------------------------------------------------------------
 def _saved_source(config: dict[str, Any]) -> str:
     source = config.get("step_source")
@@ -114,27 +290,42 @@ def _saved_source(config: dict[str, Any]) -> str:
     return ""
 
 
-def pop_saved_step(config: dict[str, Any]) -> tuple[Step, StepOptions] | None:
+def pop_saved_step(
+    config: dict[str, Any], required: bool = True
+) -> tuple[Step, StepOptions] | None:
     """Remove the step keys from ``config``; return the step and validated options.
 
-    Returns None when ``config`` has no step keys (a subclass whose own
-    ``get_config`` does not call ``super().get_config()``).
+    Returns None only when ``required`` is false and ``config`` has none of
+    the step keys: a subclass whose own ``get_config`` does not call
+    ``super().get_config()`` is rebuilt by its constructor, step included.
+    Otherwise nothing is filled in: ``step``, ``step_options`` and
+    ``step_options_version`` must each be there, of the right type.
 
     Raises:
+        StepError: ``step`` is missing or not a str.
         UnknownStepError, StepConflictError, PluginError: the saved step is not
             usable here; the message names the step and the plugin
             distribution it was saved from.
-        OptionsError: the saved options no longer validate, and no
-            ``step_migrate_options`` hook turns them into options that do.
+        OptionsError: ``step_options`` or ``step_options_version`` is missing,
+            null or of the wrong type, or the saved options no longer
+            validate and no ``step_migrate_options`` hook turns them into
+            options that do.
     """
-    if "step" not in config:
+    if not required and not any(key in config for key in STEP_KEYS):
         return None
+    present = {key for key in STEP_KEYS if key in config}
     saved = {key: config.pop(key, None) for key in STEP_KEYS}
     name = saved["step"]
     where = _saved_source(saved)
+    if "step" not in present:
+        raise StepError(
+            "Cannot load the saved StepModel: its config has no 'step' field (the "
+            f"step's name){where}; the file was not written by StepModel.save or "
+            "was edited. Nothing is assumed in its place."
+        )
     if not isinstance(name, str):
         raise StepError(
-            f"Cannot load the saved StepModel: its step name is "
+            f"Cannot load the saved StepModel: its 'step' field is "
             f"{type(name).__name__} {name!r}, not a str{where}."
         )
     try:
@@ -152,15 +343,32 @@ def pop_saved_step(config: dict[str, Any]) -> tuple[Step, StepOptions] | None:
             f"Cannot load the saved StepModel: it was trained with step {name!r}"
             f"{where}, which cannot be used here.{hint} {exc}"
         ) from None
-    options = saved["step_options"] if saved["step_options"] is not None else {}
-    version = saved["step_options_version"] or 0
     heading = f"Cannot load the saved StepModel with step {name!r}{where}:"
+    options, version = saved["step_options"], saved["step_options_version"]
+    for field, value, expected in (
+        ("step_options", options, "a dict of the step's options"),
+        ("step_options_version", version, "an int >= 0"),
+    ):
+        if field not in present:
+            raise OptionsError(
+                f"{heading} its config has no {field!r} field; expected {expected}. "
+                "Nothing is assumed in its place."
+            )
+        if value is None:
+            raise OptionsError(
+                f"{heading} its {field!r} field is null; expected {expected}. "
+                "Nothing is assumed in its place."
+            )
     if not isinstance(options, dict):
         raise OptionsError(
-            f"{heading} its options are {type(options).__name__}, not a dict."
+            f"{heading} its 'step_options' field is {type(options).__name__} "
+            f"{options!r}; expected a dict of the step's options."
         )
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise OptionsError(f"{heading} options version {version!r} is not an int >= 0.")
+        raise OptionsError(
+            f"{heading} its 'step_options_version' field is {version!r}; expected "
+            "an int >= 0."
+        )
     options = _migrate(step, copy.deepcopy(options), version, heading)
     try:
         return step, step.validate_options(options)
@@ -433,6 +641,15 @@ def with_mid_epoch_resume(fit, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         backups = [
             c for c in callbacks if isinstance(c, keras.callbacks.BackupAndRestore)
         ]
+        if any(type(c) is keras.callbacks.BackupAndRestore for c in backups):
+            warnings.warn(
+                "keras.callbacks.BackupAndRestore can leave a backup that cannot be "
+                "resumed, or that resumes at the wrong epoch, if the process is killed "
+                "while it writes. keras_steps.callbacks.BackupAndRestore takes the "
+                "same arguments and survives a kill at any moment (docs/saving.md).",
+                UserWarning,
+                stacklevel=3,
+            )
         if backups:
             bound.arguments["callbacks"] = [*callbacks, _ResumeMidEpoch(backups)]
     return bound.args, bound.kwargs

@@ -21,6 +21,7 @@ import pydantic
 import torch
 
 import keras_steps
+import keras_steps.callbacks
 
 BATCH = 8
 SAMPLES = 64  # 8 batches per epoch
@@ -230,9 +231,12 @@ def main(spec_path: str) -> None:
     with open(spec_path) as f:
         spec = json.load(f)
     kind, epochs = spec["kind"], spec["epochs"]
-    backup = keras.callbacks.BackupAndRestore(
-        spec["backup_dir"], save_freq=spec["save_freq"]
+    backup_class = (
+        keras_steps.callbacks.BackupAndRestore
+        if spec.get("callback") == "keras_steps"
+        else keras.callbacks.BackupAndRestore
     )
+    backup = backup_class(spec["backup_dir"], save_freq=spec["save_freq"])
     callbacks = [backup]
     if spec.get("kill_at"):
         callbacks.append(StopAt(*spec["kill_at"], kill=True))

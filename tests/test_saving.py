@@ -286,16 +286,27 @@ class Scaled:
         return keras.Model.test_step(model, data)
 
 
+@keras.saving.register_keras_serializable(package="test_saving")
+class Fixed(StepModel):
+    """A subclass whose constructor always asks for step "scaled", factor 2."""
+
+    def __init__(self, **kwargs):
+        super().__init__(step="scaled", step_options={"factor": 2.0}, **kwargs)
+        self.dense = keras.layers.Dense(1)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+@keras.saving.register_keras_serializable(package="test_saving")
+class OwnConfig(Fixed):
+    """A subclass whose get_config leaves the step out: its constructor picks it."""
+
+    def get_config(self):
+        return {"name": self.name}
+
+
 def test_saved_step_wins_over_what_the_subclass_constructor_passes(tmp_path):
-    @keras.saving.register_keras_serializable(package="test_saving")
-    class Fixed(StepModel):
-        def __init__(self, **kwargs):
-            super().__init__(step="scaled", step_options={"factor": 2.0}, **kwargs)
-            self.dense = keras.layers.Dense(1)
-
-        def call(self, x):
-            return self.dense(x)
-
     keras_steps.register_step(Scaled, name="scaled")
     model = Fixed()
     model.step_options.factor = 0.5  # what it was trained with, say
@@ -502,3 +513,198 @@ def test_json_round_trip_of_the_architecture():
     rebuilt = keras.models.model_from_json(model.to_json())
     assert rebuilt.step == "duel" and rebuilt.step_options.label_noise == 0.25
     assert [w.shape for w in rebuilt.weights] == [w.shape for w in model.weights]
+
+
+# -- loading never guesses ----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("field", "change", "error", "match"),
+    [
+        ("step", "remove", StepError, r"no 'step' field"),
+        ("step", None, StepError, r"'step' field is NoneType None, not a str"),
+        ("step", 3, StepError, r"'step' field is int 3, not a str"),
+        ("step_options", "remove", OptionsError, r"step 'duel'.*no 'step_options' field"),
+        ("step_options", None, OptionsError, r"step 'duel'.*'step_options' field is null"),
+        ("step_options", [1], OptionsError, r"'step_options' field is list \[1\]"),
+        ("step_options_version", "remove", OptionsError, r"no 'step_options_version'"),
+        ("step_options_version", None, OptionsError, r"'step_options_version' field is null"),
+        ("step_options_version", "0", OptionsError, r"'step_options_version' field is '0'"),
+        ("step_options_version", True, OptionsError, r"'step_options_version' field is True"),
+    ],
+)
+def test_missing_null_or_malformed_step_fields_are_refused(
+    tmp_path, field, change, error, match
+):
+    path = _saved_duel(tmp_path, latent_dim=3)
+    config = _read_config(path)
+    if change == "remove":
+        del config["config"][field]
+    else:
+        config["config"][field] = change
+    _write_config(path, config)
+    with pytest.raises(error, match=match) as info:
+        keras.models.load_model(path)
+    # Never a message about a step the file does not name (the default).
+    assert "supervised" not in str(info.value)
+
+
+def test_null_options_are_not_replaced_by_the_defaults(tmp_path):
+    # The options differ from the defaults (latent_dim 4), so a fallback shows.
+    path = _saved_duel(tmp_path, latent_dim=3)
+    config = _read_config(path)
+    config["config"]["step_options"] = None
+    _write_config(path, config)
+    with pytest.raises(OptionsError, match="Nothing is assumed"):
+        keras.models.load_model(path)
+
+
+def test_a_subclass_with_its_own_config_rebuilds_its_step_itself(tmp_path):
+    keras_steps.register_step(Scaled, name="scaled")
+    model = OwnConfig()
+    model(np.zeros((1, 8)))
+    model.save(tmp_path / "m.keras")
+    assert "step" not in _read_config(tmp_path / "m.keras")["config"]
+    assert _load(tmp_path / "m.keras").step_options.factor == 2.0
+
+
+# -- damaged files ----------------------------------------------------------------
+def _cut(path, size) -> None:
+    content = path.read_bytes()
+    path.write_bytes(content[:size])
+
+
+@pytest.mark.parametrize("size", [0, 100, 3540, -100])
+def test_a_truncated_model_file_is_damaged_not_missing(tmp_path, size):
+    path = _saved_duel(tmp_path)
+    _cut(path, size)
+    with pytest.raises(keras_steps.DamagedFileError, match=r"is damaged: it is not a complete zip"):
+        keras_steps.load_model(path)
+    # Keras alone says the file is not there, which is what keras_steps.load_model avoids.
+    with pytest.raises(ValueError, match="File not found"):
+        keras.models.load_model(path)
+
+
+def test_a_zip_that_is_not_a_keras_file_is_damaged(tmp_path):
+    path = tmp_path / "m.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("notes.txt", "hello")
+    with pytest.raises(keras_steps.DamagedFileError, match="config.json, metadata.json"):
+        keras_steps.load_model(path)
+
+
+def test_a_missing_file_is_keras_s_file_not_found(tmp_path):
+    with pytest.raises(ValueError, match="File not found"):
+        keras_steps.load_model(tmp_path / "nothing.keras")
+
+
+@pytest.mark.parametrize("size", [0, 3000, -10])
+def test_truncated_weights_are_damaged(tmp_path, size):
+    model = build("duel")
+    path = tmp_path / "m.weights.h5"
+    model.save_weights(path)
+    _cut(path, size)
+    with pytest.raises(keras_steps.DamagedFileError, match="not a complete HDF5 file"):
+        build("duel").load_weights(path)
+
+
+# -- every optimizer's state in weights-only files -----------------------------------
+@pytest.mark.parametrize("kind", ["supervised", "duel"])
+def test_save_weights_restores_every_optimizer_before_any_step(tmp_path, kind):
+    model = build(kind)
+    x = data(kind)
+    model.fit(*(a[:16] for a in x), batch_size=8, epochs=1, verbose=0, shuffle=False)
+    model.save_weights(tmp_path / "m.weights.h5")
+    other = build(kind)  # compiled, never trained: its optimizer is not built
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        other.load_weights(tmp_path / "m.weights.h5")
+    assert {r: _iterations(o) for r, o in other.optimizers.items()} == {
+        r: 2 for r in model.optimizers
+    }
+    _assert_same(weights(other), weights(model))
+    # The next batch gives the same weights as in the model that never stopped.
+    for m in (model, other):
+        m.fit(*(a[16:24] for a in x), batch_size=8, epochs=1, verbose=0, shuffle=False)
+    _assert_same(weights(other), weights(model))
+
+
+def test_optimizer_state_that_does_not_fit_is_an_error(tmp_path):
+    model = build("supervised")
+    x, y = data("supervised")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    model.save_weights(tmp_path / "m.weights.h5")
+    other = build("supervised")
+    other.compile(optimizer="sgd", loss="mse")  # 1 variable fewer per weight than Adam
+    with pytest.raises(StepError, match=r"optimizer state in the file does not fit"):
+        other.load_weights(tmp_path / "m.weights.h5")
+    # skip_mismatch=True asks for Keras's behaviour: a warning, the rest loaded.
+    with pytest.warns(UserWarning, match="Skipping variable loading for optimizer"):
+        other.load_weights(tmp_path / "m.weights.h5", skip_mismatch=True)
+    _assert_same(
+        [v.numpy() for v in other.weights], [v.numpy() for v in model.weights]
+    )
+
+
+# -- atomic writes ----------------------------------------------------------------
+class _Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", ["save", "save_weights"])
+def test_a_save_that_fails_half_way_leaves_the_old_file(tmp_path, monkeypatch, method):
+    model = build("duel")
+    path = tmp_path / ("m.keras" if method == "save" else "m.weights.h5")
+    getattr(model, method)(path)
+    before = path.read_bytes()
+    path.chmod(0o640)
+    fit(model, "duel", epochs=1)
+
+    def explode(self, store):
+        raise _Boom  # after Keras has written part of the file
+
+    monkeypatch.setattr(StepModel, "save_own_variables", explode)
+    with pytest.raises(_Boom):
+        getattr(model, method)(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temp file
+    monkeypatch.undo()
+    getattr(model, method)(path)
+    assert path.read_bytes() != before
+    assert path.stat().st_mode & 0o777 == 0o640  # the file's permissions are kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_save_through_a_symlink_replaces_the_file_it_points_to(tmp_path):
+    model = build("duel")
+    model.save(tmp_path / "real.keras")
+    (tmp_path / "link.keras").symlink_to(tmp_path / "real.keras")
+    fit(model, "duel", epochs=1)
+    model.save(tmp_path / "link.keras")
+    assert (tmp_path / "link.keras").is_symlink()
+    _assert_same(weights(_load(tmp_path / "real.keras")), weights(model))
+
+
+def test_save_without_overwrite_asks_first(tmp_path, monkeypatch):
+    from keras_steps import _keras_private
+
+    model = build("duel")
+    path = tmp_path / "m.keras"
+    model.save(path)
+    before = path.read_bytes()
+    fit(model, "duel", epochs=1)
+    answers = []
+    monkeypatch.setattr(
+        _keras_private, "ask_to_proceed_with_overwrite", lambda p: answers.append(p) or False
+    )
+    model.save(path, overwrite=False)
+    assert answers == [str(path)] and path.read_bytes() == before
+
+
+def test_paths_keras_refuses_are_refused_by_keras_naming_them(tmp_path):
+    model = build("duel")
+    with pytest.raises(ValueError, match=r"m\.txt"):
+        model.save(tmp_path / "m.txt")
+    with pytest.raises(ValueError, match=r"must end in `\.weights\.h5`.*m\.h5"):
+        model.save_weights(tmp_path / "m.h5")
+    with pytest.raises(OSError, match="nowhere"):
+        model.save_weights(tmp_path / "nowhere" / "m.weights.h5")
+    assert list(tmp_path.iterdir()) == []
