@@ -34,18 +34,18 @@ from keras.src.trainers.data_adapters import array_slicing as _array_slicing
 from keras.src.utils import python_utils as _python_utils
 
 __all__ = [
+    "BACKUP_PRIVATE",
     "KERAS_VERSION",
     "BackendTrainer",
     "Functional",
     "TrainerHooks",
-    "BACKUP_PRIVATE",
     "ask_to_proceed_with_overwrite",
     "backup_metadata_path",
     "backup_position",
-    "check_backup_private",
     "backup_reset_last_batch_seen",
     "backup_resumed_at",
     "can_convert_arrays",
+    "check_backup_private",
     "default_config",
     "evaluate_within_fit",
     "functional_init_arguments",
