@@ -41,6 +41,7 @@ from keras_steps._registry import (  # noqa: E402
     register_step,
     unregister_step,
 )
+from keras_steps._seeds import MAX_SEED, seed_field  # noqa: E402
 from keras_steps._step import Step, StepSource  # noqa: E402
 from keras_steps.hookspecs import hookimpl, hookspec  # noqa: E402
 
@@ -48,6 +49,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "MAX_SEED",
     "BackendError",
     "DistributedError",
     "OptionsError",
@@ -70,5 +72,6 @@ __all__ = [
     "list_problems",
     "list_steps",
     "register_step",
+    "seed_field",
     "unregister_step",
 ]

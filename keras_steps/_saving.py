@@ -164,7 +164,7 @@ def pop_saved_step(config: dict[str, Any]) -> tuple[Step, StepOptions] | None:
         raise OptionsError(f"{heading} options version {version!r} is not an int >= 0.")
     options = _migrate(step, copy.deepcopy(options), version, heading)
     try:
-        return step, step.validate_options(options)
+        return step, step.validate_options(options, saved=True)
     except OptionsError as exc:
         current = options_version(step.options_class, step)
         raise OptionsError(

@@ -74,14 +74,20 @@ class Step:
     def __repr__(self) -> str:
         return f"<Step {self.name!r} from {self.source}>"
 
-    def validate_options(self, given: Any) -> StepOptions:
+    def validate_options(self, given: Any, *, saved: bool = False) -> StepOptions:
         """Validate user options (dict, instance or None) for this step.
+
+        Args:
+            given: the options.
+            saved: ``given`` is a saved model's JSON data, validated as JSON.
 
         Raises:
             OptionsError: naming the step, the field, the value and what was
                 expected.
         """
-        return validate_options(self.name, str(self.source), self.options_class, given)
+        return validate_options(
+            self.name, str(self.source), self.options_class, given, saved=saved
+        )
 
 
 def _full_signature_caller(impl: pluggy.HookImpl, spec_args: tuple[str, ...]):

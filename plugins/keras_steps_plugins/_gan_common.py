@@ -7,6 +7,8 @@ import keras
 import keras_steps
 
 __all__ = [
+    "LATENT_DIM_DESCRIPTION",
+    "MAX_LATENT_DIM",
     "MAX_SEED",
     "draw_latents",
     "real_batch",
@@ -14,8 +16,14 @@ __all__ = [
     "seed_generators",
 ]
 
-#: Keras's torch backend stores seeds as int32.
-MAX_SEED = 2**31 - 1
+MAX_SEED = keras_steps.MAX_SEED
+
+#: The largest latent_dim: far above any published GAN's (100 to 512), and
+#: low enough that a typo (2**40) is refused instead of failing to allocate.
+MAX_LATENT_DIM = 65536
+LATENT_DIM_DESCRIPTION = (
+    f"Size of the latent vectors fed to the generator, 1 to {MAX_LATENT_DIM}."
+)
 
 # The evaluation stream starts this far from the training stream, so their
 # seeds never coincide: each draw advances a stream's seed by one.

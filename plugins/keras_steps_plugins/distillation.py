@@ -78,7 +78,6 @@ class DistillationOptions(keras_steps.StepOptions):
     temperature: float = Field(
         3.0,
         gt=0.0,
-        allow_inf_nan=False,
         description="Softmax temperature T applied to both networks' logits; higher "
         "T gives softer targets.",
     )

@@ -29,7 +29,8 @@ from pydantic import Field
 
 import keras_steps
 from keras_steps_plugins._gan_common import (
-    MAX_SEED,
+    LATENT_DIM_DESCRIPTION,
+    MAX_LATENT_DIM,
     digits_demo,
     draw_latents,
     real_batch,
@@ -44,7 +45,7 @@ class WGANGPOptions(keras_steps.StepOptions):
     """Options of the ``wgan-gp`` step."""
 
     latent_dim: int = Field(
-        128, gt=0, description="Size of the latent vectors fed to the generator."
+        128, gt=0, le=MAX_LATENT_DIM, description=LATENT_DIM_DESCRIPTION
     )
     d_steps: int = Field(
         5,
@@ -55,11 +56,8 @@ class WGANGPOptions(keras_steps.StepOptions):
     gp_weight: float = Field(
         10.0, ge=0.0, description="Weight of the gradient penalty (the paper's lambda)."
     )
-    seed: int = Field(
-        1337,
-        ge=0,
-        le=MAX_SEED,
-        description="Seed of the step's random stream (latents, interpolation points).",
+    seed: int = keras_steps.seed_field(
+        1337, "Seed of the step's random stream (latents, interpolation points)."
     )
 
 
