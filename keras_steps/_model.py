@@ -137,8 +137,6 @@ class StepModel(keras.Model):
             self._role_models = None
         else:
             self._role_models = _check_models(step, models)
-            if all(getattr(m, "built", False) for m in models.values()):
-                self.built = True
         build = step.hooks.get("step_build")
         state = build(self, options) if build is not None else None
         if state is not None and not isinstance(state, dict):
@@ -147,6 +145,12 @@ class StepModel(keras.Model):
                 f"{type(state).__name__}; expected a dict or None."
             )
         self.step_state = state or {}
+        # After step_build, which may build the networks on the shapes the step
+        # feeds them; else Keras builds the model by calling it on a data batch.
+        if self._role_models is not None and all(
+            getattr(m, "built", False) for m in self._role_models.values()
+        ):
+            self.built = True
 
     # -- what the step is -------------------------------------------------------
     @property
@@ -187,6 +191,38 @@ class StepModel(keras.Model):
             # first, as evaluate() users expect.
             metrics = [own if m is tracker else m for m in metrics if m is not own]
         return metrics
+
+    # -- frozen roles (step_frozen_roles) -------------------------------------
+    # The networks of frozen roles stay out of the trainable weights of this
+    # model only: their variables' own flags, which the user's network shares,
+    # are left alone, so the network trains as before in any other model.
+    def _frozen_variable_ids(self) -> set[int]:
+        step = getattr(self, "_step", None)  # None while keras.Model.__init__ runs
+        if step is None or not step.frozen_roles or self._role_models is None:
+            return set()
+        return {
+            id(v) for role in step.frozen_roles for v in self._role_models[role].variables
+        }
+
+    @property
+    def trainable_weights(self):
+        frozen = self._frozen_variable_ids()
+        return [v for v in super().trainable_weights if id(v) not in frozen]
+
+    @property
+    def trainable_variables(self):
+        frozen = self._frozen_variable_ids()
+        return [v for v in super().trainable_variables if id(v) not in frozen]
+
+    @property
+    def non_trainable_weights(self):
+        trainable = {id(v) for v in self.trainable_weights}
+        return [v for v in self.weights if id(v) not in trainable]
+
+    @property
+    def non_trainable_variables(self):
+        trainable = {id(v) for v in self.trainable_variables}
+        return [v for v in self.variables if id(v) not in trainable]
 
     # -- saving --------------------------------------------------------------
     @python_utils.default  # keeps Keras's automatic config for subclasses

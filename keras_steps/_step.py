@@ -60,6 +60,7 @@ class Step:
         model_roles: names of the networks it works on.
         optimizer_roles: names of the optimizers it needs.
         hooks: hook name to a callable taking the hook's full argument list.
+        frozen_roles: model roles the step never trains (``step_frozen_roles``).
     """
 
     name: str
@@ -70,6 +71,7 @@ class Step:
     model_roles: tuple[str, ...]
     optimizer_roles: tuple[str, ...]
     hooks: dict[str, Callable[..., Any]]
+    frozen_roles: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"<Step {self.name!r} from {self.source}>"
@@ -170,6 +172,14 @@ def resolve_step(
             f"not all model roles {model_roles}; with several optimizers, each must "
             "name the model whose weights it updates."
         )
+    frozen = hooks.get("step_frozen_roles", tuple)()
+    frozen_roles = _roles(name, str(source), "step_frozen_roles", frozen) if frozen else ()
+    if not set(frozen_roles) < set(model_roles) or set(frozen_roles) & set(optimizer_roles):
+        raise PluginError(
+            f"Step {name!r} ({source}): hook step_frozen_roles returned {frozen!r}; "
+            f"expected some of its model roles {model_roles} (not all of them), none "
+            f"of which is an optimizer role {optimizer_roles}."
+        )
     if len(model_roles) > 1 and "step_call" not in hooks:
         raise PluginError(
             f"Step {name!r} ({source}) has several model roles {model_roles} but does "
@@ -185,4 +195,5 @@ def resolve_step(
         model_roles=model_roles,
         optimizer_roles=optimizer_roles,
         hooks=hooks,
+        frozen_roles=frozen_roles,
     )

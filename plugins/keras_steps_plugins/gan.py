@@ -31,6 +31,7 @@ import keras_steps
 from keras_steps_plugins._gan_common import (
     LATENT_DIM_DESCRIPTION,
     MAX_LATENT_DIM,
+    build_networks,
     digits_demo,
     draw_latents,
     real_batch,
@@ -84,7 +85,8 @@ def step_optimizer_roles():
 
 
 @keras_steps.hookimpl
-def step_build(options):
+def step_build(model, options):
+    build_networks(model, "gan", options.latent_dim, "discriminator")
     return {
         "d_loss": keras.metrics.Mean(name="d_loss"),
         "g_loss": keras.metrics.Mean(name="g_loss"),

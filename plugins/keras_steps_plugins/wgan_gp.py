@@ -31,6 +31,7 @@ import keras_steps
 from keras_steps_plugins._gan_common import (
     LATENT_DIM_DESCRIPTION,
     MAX_LATENT_DIM,
+    build_networks,
     digits_demo,
     draw_latents,
     real_batch,
@@ -77,7 +78,8 @@ def step_optimizer_roles():
 
 
 @keras_steps.hookimpl
-def step_build(options):
+def step_build(model, options):
+    build_networks(model, "wgan-gp", options.latent_dim, "critic")
     state = {name: keras.metrics.Mean(name=name) for name in _METRICS}
     state.update(seed_generators(options.seed, "wgan_gp"))
     return state
