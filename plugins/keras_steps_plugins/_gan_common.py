@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import keras
 
 import keras_steps
@@ -99,8 +101,16 @@ def _probe(step, role, network, inputs, what):
         raise keras_steps.StepError(
             f"Step {step!r}: the {role} network cannot take {what} of shape "
             f"(batch, {', '.join(map(str, inputs.shape[1:]))}): "
-            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+            f"{type(exc).__name__}: {_keras_reason(exc)}"
         ) from exc
+
+
+def _keras_reason(exc: Exception) -> str:
+    """The line of a Keras layer-call error that says what is wrong."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line and not line.startswith("Exception encountered")]
+    reason = next((line for line in lines if not line.startswith("Arguments received")), "")
+    return reason or type(exc).__name__
 
 
 def build_networks(model, step: str, latent_dim: int, judge: str) -> None:
