@@ -8,9 +8,10 @@ from pydantic import Field
 
 __all__ = ["MAX_SEED", "seed_field"]
 
-#: The largest seed: Keras's torch backend keeps a ``SeedGenerator``'s state
-#: in int32, so a larger seed fails at the first draw, far from the option.
 MAX_SEED = 2**31 - 1
+"""The largest seed, ``2**31 - 1``: Keras's torch backend keeps a
+``SeedGenerator``'s state in int32, so a larger seed fails at the first draw,
+far from the option."""
 
 _BOUNDS = f"an int in [0, {MAX_SEED}] (2**31 - 1)"
 
@@ -35,7 +36,8 @@ def seed_field(
         description: what the seed drives; the bounds are appended.
 
     Returns:
-        A ``pydantic.Field`` that accepts ints in ``[0, MAX_SEED]`` (and
+        A ``pydantic.Field`` that accepts ints in ``[0, keras_steps.MAX_SEED]``
+        (``2**31 - 1``, what the torch backend's seed state holds; and
         ``None`` when the annotation allows it).
 
     Raises:
