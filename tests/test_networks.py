@@ -246,10 +246,16 @@ def test_every_catalog_step_is_audited():
     assert sorted(BUILDERS) == _catalog()
 
 
+def _layers(network):
+    for layer in getattr(network, "layers", []):
+        yield layer
+        yield from _layers(layer)
+
+
 def _state(network):
     return (
         network.trainable,
-        [layer.trainable for layer in network._flatten_layers()],
+        [layer.trainable for layer in _layers(network)],
         [v.trainable for v in network.weights],
         network.dtype_policy.name,
         network.get_build_config(),

@@ -182,6 +182,7 @@ def test_saved_options_are_validated_as_json_so_tuples_survive():
     assert validate_options("t", "test", TupleOptions, saved, saved=True).sizes == (4, 2)
     with pytest.raises(OptionsError, match="'sizes' = \\[4, 2\\]"):
         validate_options("t", "test", TupleOptions, saved)
+    assert options_problems(TupleOptions, "t") == []  # the kit round-trips as JSON too
     # JSON validation is strict too: a boolean is no int there either.
     with pytest.raises(OptionsError, match="'sizes.0' = True"):
         validate_options("t", "test", TupleOptions, {"sizes": [True]}, saved=True)

@@ -126,8 +126,12 @@ def options_problems(options_class: Any, name: str = "step") -> list[str]:
         One message per defect: not a :class:`~keras_steps.StepOptions`
         subclass, an option without a default or a description, an invalid
         default, a schema that does not export to JSON, options that do not
-        survive a JSON round trip, or a bad value or unknown name that is not
-        rejected with an error naming it. Empty when the options are sound.
+        survive a JSON round trip, a field that takes infinity without saying
+        what it means, or a bad value or unknown name that is not rejected
+        with an error naming it. The bad values are those just outside each
+        bound of the schema and :func:`nonsense_values` (NaN, infinities, a
+        boolean, a huge int, a string of a number, an arbitrary object).
+        Empty when the options are sound.
     """
     if not (isinstance(options_class, type) and issubclass(options_class, StepOptions)):
         return [f"the options class {options_class!r} is not a StepOptions subclass."]
@@ -171,7 +175,8 @@ def options_problems(options_class: Any, name: str = "step") -> list[str]:
     instance = options_class()
     try:
         dumped = json.loads(json.dumps(instance.model_dump(mode="json")))
-        again = options_class.model_validate(dumped)
+        # As load_model validates saved options: as JSON.
+        again = validate_options(name, "conformance check", options_class, dumped, saved=True)
         if again != instance:
             problems.append(
                 f"the default options change in a JSON round trip ({instance!r} "
