@@ -302,3 +302,35 @@ class BadFrozen:
 def test_a_frozen_role_with_an_optimizer_is_refused():
     with pytest.raises(PluginError, match="step_frozen_roles returned \\('b',\\)"):
         keras_steps.register_step(BadFrozen, "bad-frozen")
+
+
+def _unbuilt_classifier():
+    return keras.Sequential([layers.Dense(8, activation="relu"), layers.Dense(2)])
+
+
+@pytest.mark.parametrize("step", ["supervised", "sam", "mixup", "adversarial"])
+def test_an_unbuilt_single_network_is_built_on_the_inputs(step):
+    network = _unbuilt_classifier()
+    model = keras_steps.StepModel(models={"model": network}, step=step)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(X, Y, batch_size=8, epochs=1, verbose=0)
+    # Built by Keras on the first batch, as a plain keras.Model builds it (the
+    # batch size, 8, is recorded too, as plain Keras records it).
+    assert network.input_shape[1:] == (6,)
+
+
+def test_an_unbuilt_vae_decoder_is_built_on_the_latents():
+    inputs = keras.Input((6,))
+    hidden = layers.Dense(4)(inputs)
+    encoder = keras.Model(inputs, [layers.Dense(2)(hidden), layers.Dense(2)(hidden)])
+    decoder = keras.Sequential([layers.Dense(6, activation="sigmoid")])
+    model = keras_steps.StepModel(models={"encoder": encoder, "decoder": decoder}, step="vae")
+    model.compile("adam")
+    model.fit(X, batch_size=8, epochs=1, verbose=0)
+    assert decoder.input_shape[1:] == (2,)  # z, not the images
+
+
+def test_an_unbuilt_student_is_built_on_the_inputs():
+    student = _unbuilt_classifier()
+    _distiller(classifier("teacher"), student).fit(X, Y, batch_size=8, epochs=1, verbose=0)
+    assert student.input_shape[1:] == (6,)
