@@ -197,30 +197,38 @@ class StepModel(keras.Model):
     # model only: their variables' own flags, which the user's network shares,
     # are left alone, so the network trains as before in any other model.
     def _frozen_variable_ids(self) -> set[int]:
-        step = getattr(self, "_step", None)  # None while keras.Model.__init__ runs
-        if step is None or not step.frozen_roles or self._role_models is None:
+        # Both None until _attach has run (keras.Model.__init__ reads weights).
+        step = getattr(self, "_step", None)
+        networks = getattr(self, "_role_models", None)
+        if step is None or not step.frozen_roles or networks is None:
             return set()
-        return {
-            id(v) for role in step.frozen_roles for v in self._role_models[role].variables
-        }
+        return {id(v) for role in step.frozen_roles for v in networks[role].variables}
 
+    # Without frozen roles these are Keras's own lists, untouched: steps read
+    # them inside compiled train steps.
     @property
     def trainable_weights(self):
+        weights = super().trainable_weights
         frozen = self._frozen_variable_ids()
-        return [v for v in super().trainable_weights if id(v) not in frozen]
+        return [v for v in weights if id(v) not in frozen] if frozen else weights
 
     @property
     def trainable_variables(self):
+        variables = super().trainable_variables
         frozen = self._frozen_variable_ids()
-        return [v for v in super().trainable_variables if id(v) not in frozen]
+        return [v for v in variables if id(v) not in frozen] if frozen else variables
 
     @property
     def non_trainable_weights(self):
+        if not self._frozen_variable_ids():
+            return super().non_trainable_weights
         trainable = {id(v) for v in self.trainable_weights}
         return [v for v in self.weights if id(v) not in trainable]
 
     @property
     def non_trainable_variables(self):
+        if not self._frozen_variable_ids():
+            return super().non_trainable_variables
         trainable = {id(v) for v in self.trainable_variables}
         return [v for v in self.variables if id(v) not in trainable]
 
