@@ -44,6 +44,7 @@ from keras_steps._registry import (  # noqa: E402
     unregister_step,
 )
 from keras_steps._saving import load_model  # noqa: E402
+from keras_steps._seeds import MAX_SEED, seed_field  # noqa: E402
 from keras_steps._step import Step, StepSource  # noqa: E402
 from keras_steps.hookspecs import hookimpl, hookspec  # noqa: E402
 
@@ -51,6 +52,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "MAX_SEED",
     "BackendError",
     "DamagedFileError",
     "DistributedError",
@@ -76,5 +78,6 @@ __all__ = [
     "list_steps",
     "load_model",
     "register_step",
+    "seed_field",
     "unregister_step",
 ]

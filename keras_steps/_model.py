@@ -135,8 +135,6 @@ class StepModel(_private.TrainerHooks, keras.Model):
             self._role_models = None
         else:
             self._role_models = _check_models(step, models)
-            if all(getattr(m, "built", False) for m in models.values()):
-                self.built = True
         build = step.hooks.get("step_build")
         state = build(self, options) if build is not None else None
         if state is not None and not isinstance(state, dict):
@@ -145,6 +143,12 @@ class StepModel(_private.TrainerHooks, keras.Model):
                 f"{type(state).__name__}; expected a dict or None."
             )
         self.step_state = state or {}
+        # After step_build, which may build the networks on the shapes the step
+        # feeds them; else Keras builds the model by calling it on a data batch.
+        if self._role_models is not None and all(
+            getattr(m, "built", False) for m in self._role_models.values()
+        ):
+            self.built = True
 
     # -- what the step is -------------------------------------------------------
     @property
@@ -198,6 +202,46 @@ class StepModel(_private.TrainerHooks, keras.Model):
             The tracker, or None before ``compile()``.
         """
         return _private.loss_tracker(self)
+
+    # -- frozen roles (step_frozen_roles) -------------------------------------
+    # The networks of frozen roles stay out of the trainable weights of this
+    # model only: their variables' own flags, which the user's network shares,
+    # are left alone, so the network trains as before in any other model.
+    def _frozen_variable_ids(self) -> set[int]:
+        # Both None until _attach has run (keras.Model.__init__ reads weights).
+        step = getattr(self, "_step", None)
+        networks = getattr(self, "_role_models", None)
+        if step is None or not step.frozen_roles or networks is None:
+            return set()
+        return {id(v) for role in step.frozen_roles for v in networks[role].variables}
+
+    # Without frozen roles these are Keras's own lists, untouched: steps read
+    # them inside compiled train steps.
+    @property
+    def trainable_weights(self):
+        weights = super().trainable_weights
+        frozen = self._frozen_variable_ids()
+        return [v for v in weights if id(v) not in frozen] if frozen else weights
+
+    @property
+    def trainable_variables(self):
+        variables = super().trainable_variables
+        frozen = self._frozen_variable_ids()
+        return [v for v in variables if id(v) not in frozen] if frozen else variables
+
+    @property
+    def non_trainable_weights(self):
+        if not self._frozen_variable_ids():
+            return super().non_trainable_weights
+        trainable = {id(v) for v in self.trainable_weights}
+        return [v for v in self.weights if id(v) not in trainable]
+
+    @property
+    def non_trainable_variables(self):
+        if not self._frozen_variable_ids():
+            return super().non_trainable_variables
+        trainable = {id(v) for v in self.trainable_variables}
+        return [v for v in self.variables if id(v) not in trainable]
 
     # -- saving --------------------------------------------------------------
     @_private.default_config  # keeps Keras's automatic config for subclasses

@@ -371,7 +371,7 @@ def pop_saved_step(
         )
     options = _migrate(step, copy.deepcopy(options), version, heading)
     try:
-        return step, step.validate_options(options)
+        return step, step.validate_options(options, saved=True)
     except OptionsError as exc:
         current = options_version(step.options_class, step)
         raise OptionsError(

@@ -60,6 +60,7 @@ class Step:
         model_roles: names of the networks it works on.
         optimizer_roles: names of the optimizers it needs.
         hooks: hook name to a callable taking the hook's full argument list.
+        frozen_roles: model roles the step never trains (``step_frozen_roles``).
     """
 
     name: str
@@ -70,18 +71,25 @@ class Step:
     model_roles: tuple[str, ...]
     optimizer_roles: tuple[str, ...]
     hooks: dict[str, Callable[..., Any]]
+    frozen_roles: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"<Step {self.name!r} from {self.source}>"
 
-    def validate_options(self, given: Any) -> StepOptions:
+    def validate_options(self, given: Any, *, saved: bool = False) -> StepOptions:
         """Validate user options (dict, instance or None) for this step.
+
+        Args:
+            given: the options.
+            saved: ``given`` is a saved model's JSON data, validated as JSON.
 
         Raises:
             OptionsError: naming the step, the field, the value and what was
                 expected.
         """
-        return validate_options(self.name, str(self.source), self.options_class, given)
+        return validate_options(
+            self.name, str(self.source), self.options_class, given, saved=saved
+        )
 
 
 def _instance_hooks(cls: type) -> list[str]:
@@ -215,6 +223,14 @@ def resolve_step(
             f"not all model roles {model_roles}; with several optimizers, each must "
             "name the model whose weights it updates."
         )
+    frozen = hooks.get("step_frozen_roles", tuple)()
+    frozen_roles = _roles(name, str(source), "step_frozen_roles", frozen) if frozen else ()
+    if not set(frozen_roles) < set(model_roles) or set(frozen_roles) & set(optimizer_roles):
+        raise PluginError(
+            f"Step {name!r} ({source}): hook step_frozen_roles returned {frozen!r}; "
+            f"expected some of its model roles {model_roles} (not all of them), none "
+            f"of which is an optimizer role {optimizer_roles}."
+        )
     if len(model_roles) > 1 and "step_call" not in hooks:
         raise PluginError(
             f"Step {name!r} ({source}) has several model roles {model_roles} but does "
@@ -230,4 +246,5 @@ def resolve_step(
         model_roles=model_roles,
         optimizer_roles=optimizer_roles,
         hooks=hooks,
+        frozen_roles=frozen_roles,
     )

@@ -184,6 +184,26 @@ def step_optimizer_roles() -> Any:
 
 
 @hookspec(firstresult=True)
+def step_frozen_roles() -> Any:
+    """Return the model roles the step uses but never trains, as a tuple of str.
+
+    A distillation teacher is one. The networks of these roles stay out of
+    the :class:`~keras_steps.StepModel`'s ``trainable_weights`` (so out of
+    the optimizer, its saved state, the weight-regularization losses and
+    ``summary()``'s trainable count) and appear in its
+    ``non_trainable_weights``, without changing the networks: their
+    ``trainable`` flags stay as the user set them, and the same network
+    trains as before in a model of its own. The step must still run them
+    with ``training=False`` (and without gradients) itself.
+
+    Return: a tuple of some of the step's model roles, none of them an
+    optimizer role; the default is ``()``.
+
+    Added in 0.1.
+    """
+
+
+@hookspec(firstresult=True)
 def step_build(model: Any, options: Any) -> Any:
     """Create the per-model state the step needs: metric trackers, seed generators.
 

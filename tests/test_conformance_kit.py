@@ -353,7 +353,7 @@ def test_unknown_check_and_missing_networks_are_usage_errors():
 class GANOptions(keras_steps.StepOptions):
     """Options of the small GAN."""
 
-    latent_dim: int = Field(2, ge=1, description="Size of the latent vectors.")
+    latent_dim: int = Field(2, ge=1, le=64, description="Size of the latent vectors.")
 
 
 class MiniGAN:

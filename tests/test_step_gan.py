@@ -253,8 +253,7 @@ def test_seed_networks_match_the_seed_too():
         g_optimizer=keras.optimizers.Adam(3e-4),
         loss_fn=keras.losses.BinaryCrossentropy(from_logits=True),
     )
-    model = gan_model(generator, discriminator)
-    model.step_options.latent_dim = 128
+    model = gan_model(generator, discriminator, latent_dim=128)
     logs = {"ref": BatchLogs(), "step": BatchLogs()}
     with pytest.warns(UserWarning, match="copy construct"):
         reference.fit(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+import types
+import typing
 from typing import Any
 
 import pydantic
@@ -19,20 +22,97 @@ class _Unlike:
         return "<arbitrary object>"
 
 
-def _bad_values(prop: dict[str, Any]) -> list[Any]:
-    """Values the JSON Schema ``prop`` of one option must reject."""
-    bad: list[Any] = [_Unlike()]
-    if "minimum" in prop:
-        bad.append(prop["minimum"] - 1)
-    if "exclusiveMinimum" in prop:
-        bad.append(prop["exclusiveMinimum"])
-    if "maximum" in prop:
-        bad.append(prop["maximum"] + 1)
-    if "exclusiveMaximum" in prop:
-        bad.append(prop["exclusiveMaximum"])
-    if "enum" in prop:
-        bad.append("<none of " + ", ".join(map(str, prop["enum"])) + ">")
+#: An int no torch tensor can hold (int64 stops at 2**63 - 1): an int option
+#: needs an upper bound below it.
+HUGE_INT = 2**63
+#: An int no float64 can hold: a float option must refuse it, not make it inf.
+HUGE_FLOAT_INT = 10**400
+
+
+def _schema_bad_values(prop: dict[str, Any]) -> list[Any]:
+    """Values just outside the bounds of the JSON Schema ``prop`` of one option."""
+    bad: list[Any] = []
+    for schema in [prop, *prop.get("anyOf", [])]:
+        if "minimum" in schema:
+            bad.append(schema["minimum"] - 1)
+        if "exclusiveMinimum" in schema:
+            bad.append(schema["exclusiveMinimum"])
+        if "maximum" in schema:
+            bad.append(schema["maximum"] + 1)
+        if "exclusiveMaximum" in schema:
+            bad.append(schema["exclusiveMaximum"])
+        if "enum" in schema:
+            bad.append("<none of " + ", ".join(map(str, schema["enum"])) + ">")
     return bad
+
+
+def _kinds(annotation: Any) -> set[Any]:
+    """The plain types an option's annotation admits (``float | None``: float, None)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return set().union(*(_kinds(a) for a in args))
+    if typing.get_origin(annotation) is typing.Literal:
+        return {type(a) for a in args}
+    return {annotation}
+
+
+def takes_inf_nan(field: Any) -> bool:
+    """Whether a field opted in to NaN and infinity (``Field(allow_inf_nan=True)``)."""
+    return any(getattr(m, "allow_inf_nan", None) is True for m in field.metadata)
+
+
+def nonsense_values(field: Any) -> list[tuple[str, Any]]:
+    """Values an option of this type must refuse, each with what it stands for.
+
+    NaN and both infinities (unless the field opted in to them), a boolean
+    (unless it takes booleans), a huge int, a string of a number and an
+    arbitrary object, for what the field's annotation does not admit.
+
+    Args:
+        field: a ``pydantic.fields.FieldInfo`` of a StepOptions class.
+
+    Returns:
+        ``(label, value)`` pairs.
+    """
+    kinds = _kinds(field.annotation)
+    if typing.Any in kinds or object in kinds:
+        return [("an arbitrary object", _Unlike())]  # an untyped option: the kit says so
+    numeric = bool(kinds & {int, float})
+    bad: list[tuple[str, Any]] = []
+    if not takes_inf_nan(field):
+        bad += [("NaN", math.nan), ("infinity", math.inf), ("-infinity", -math.inf)]
+    if bool not in kinds:
+        bad.append(("a boolean", True))
+    else:
+        bad += [("the int 1 for a boolean", 1), ("the string 'true'", "true")]
+    if float in kinds and int not in kinds:
+        bad.append(("an int beyond float64", HUGE_FLOAT_INT))
+    else:
+        bad.append(("a huge int", HUGE_INT))
+    if numeric:
+        bad.append(("a string of a number", "1"))
+    elif str not in kinds:
+        bad.append(("a string", "1"))
+    bad.append(("an arbitrary object", _Unlike()))
+    return bad
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _hint(label: str) -> str:
+    if "inf" in label or label == "NaN":
+        return (
+            "keep StepOptions' allow_inf_nan=False (or, for a documented meaning, "
+            "Field(allow_inf_nan=True) and say it in the description)."
+        )
+    if "huge" in label or "beyond" in label:
+        return "give it an upper bound (Field(le=...)) that the step can honour."
+    if "boolean" in label or "string" in label:
+        return "keep StepOptions' strict=True (do not set strict=False on the field)."
+    return "give it a type and constraints (Field(gt=...), Literal[...])."
 
 
 def options_problems(options_class: Any, name: str = "step") -> list[str]:
@@ -46,8 +126,12 @@ def options_problems(options_class: Any, name: str = "step") -> list[str]:
         One message per defect: not a :class:`~keras_steps.StepOptions`
         subclass, an option without a default or a description, an invalid
         default, a schema that does not export to JSON, options that do not
-        survive a JSON round trip, or a bad value or unknown name that is not
-        rejected with an error naming it. Empty when the options are sound.
+        survive a JSON round trip, a field that takes infinity without saying
+        what it means, or a bad value or unknown name that is not rejected
+        with an error naming it. The bad values are those just outside each
+        bound of the schema and :func:`nonsense_values` (NaN, infinities, a
+        boolean, a huge int, a string of a number, an arbitrary object).
+        Empty when the options are sound.
     """
     if not (isinstance(options_class, type) and issubclass(options_class, StepOptions)):
         return [f"the options class {options_class!r} is not a StepOptions subclass."]
@@ -91,7 +175,8 @@ def options_problems(options_class: Any, name: str = "step") -> list[str]:
     instance = options_class()
     try:
         dumped = json.loads(json.dumps(instance.model_dump(mode="json")))
-        again = options_class.model_validate(dumped)
+        # As load_model validates saved options: as JSON.
+        again = validate_options(name, "conformance check", options_class, dumped, saved=True)
         if again != instance:
             problems.append(
                 f"the default options change in a JSON round trip ({instance!r} "
@@ -103,8 +188,15 @@ def options_problems(options_class: Any, name: str = "step") -> list[str]:
             f"store options as JSON): {type(exc).__name__}: {one_line(exc)}"
         )
     props = schema.get("properties", {})
-    for field_name in fields:
-        for bad in _bad_values(props.get(field_name, {})):
+    for field_name, field in fields.items():
+        if takes_inf_nan(field) and "inf" not in (field.description or "").lower():
+            problems.append(
+                f"option {field_name!r} takes NaN and infinity (allow_inf_nan=True) "
+                "but its description does not say what infinity means."
+            )
+        candidates = [(repr(bad), bad) for bad in _schema_bad_values(props.get(field_name, {}))]
+        candidates += nonsense_values(field)
+        for label, bad in candidates:
             try:
                 validate_options(
                     name, "conformance check", options_class, {field_name: bad}
@@ -114,15 +206,15 @@ def options_problems(options_class: Any, name: str = "step") -> list[str]:
                 # error; a model-wide error says "option '<options>'".
                 if f"option {field_name!r}" not in str(exc):
                     problems.append(
-                        f"option {field_name!r} = {bad!r} is rejected, but the error "
+                        f"option {field_name!r} = {_short(bad)} is rejected, but the error "
                         f"does not name the option: {one_line(exc)}. A validator "
                         "that checks several fields must raise for a field, not "
                         "for the whole model."
                     )
             else:
                 problems.append(
-                    f"option {field_name!r} accepts the bad value {bad!r}; give it "
-                    "a type and constraints (Field(gt=...), Literal[...])."
+                    f"option {field_name!r} accepts the bad value {_short(bad)} "
+                    f"({label}); {_hint(label)}"
                 )
     unknown = "not_an_option_of_this_step"
     try:

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import re
+
 import keras
 
 import keras_steps
 
 __all__ = [
+    "LATENT_DIM_DESCRIPTION",
+    "MAX_LATENT_DIM",
     "MAX_SEED",
+    "build_networks",
     "draw_latents",
     "real_batch",
     "rewind_at_evaluation_start",
     "seed_generators",
 ]
 
-#: Keras's torch backend stores seeds as int32.
-MAX_SEED = 2**31 - 1
+MAX_SEED = keras_steps.MAX_SEED
+
+#: The largest latent_dim: far above any published GAN's (100 to 512), and
+#: low enough that a typo (2**40) is refused instead of failing to allocate.
+MAX_LATENT_DIM = 65536
+LATENT_DIM_DESCRIPTION = (
+    f"Size of the latent vectors fed to the generator, 1 to {MAX_LATENT_DIM}."
+)
 
 # The evaluation stream starts this far from the training stream, so their
 # seeds never coincide: each draw advances a stream's seed by one.
@@ -72,6 +83,72 @@ def draw_latents(batch_size, latent_dim, seed):
     return keras_steps.batch_random(
         keras.random.normal, (batch_size, latent_dim), seed=seed
     )
+
+
+def _build_on(network, shape):
+    """Build an unbuilt ``network`` for inputs of ``shape`` (batch first, None)."""
+    if not network.built and isinstance(network, keras.Sequential):
+        # A call would pin the probe's batch size into the Sequential's
+        # InputLayer and build config; build() leaves the batch free.
+        network.build(shape)
+
+
+def _probe(step, role, network, inputs, what):
+    """Run ``network`` on ``inputs`` in inference mode; a StepError if it cannot."""
+    try:
+        return network(inputs, training=False)
+    except Exception as exc:
+        raise keras_steps.StepError(
+            f"Step {step!r}: the {role} network cannot take {what} of shape "
+            f"(batch, {', '.join(map(str, inputs.shape[1:]))}): "
+            f"{type(exc).__name__}: {_keras_reason(exc)}"
+        ) from exc
+
+
+def _keras_reason(exc: Exception) -> str:
+    """The line of a Keras layer-call error that says what is wrong."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line and not line.startswith("Exception encountered")]
+    reason = next((line for line in lines if not line.startswith("Arguments received")), "")
+    return reason or type(exc).__name__
+
+
+def build_networks(model, step: str, latent_dim: int, judge: str) -> None:
+    """Build unbuilt networks on what the step feeds them, and check built ones.
+
+    The generator gets latents of shape ``(batch, latent_dim)``; the judge
+    (discriminator or critic) gets the generator's outputs and must give one
+    score per example. An unbuilt ``keras.Sequential`` is built with a free
+    batch size; another unbuilt network is built by the same check call
+    (two latents, ``training=False``, so no statistic moves). Without this,
+    Keras would build the StepModel by calling it on a batch of *images*,
+    and the generator would be built on the image shape.
+
+    Raises:
+        StepError: a network does not take those inputs, or the judge does
+            not give one score per example; the message names the role and
+            the shape.
+    """
+    generator, critic = model.models["generator"], model.models[judge]
+    _build_on(generator, (None, latent_dim))
+    latents = keras.ops.zeros((2, latent_dim))
+    fake = _probe(
+        step, "generator", generator, latents, f"latent vectors (option latent_dim={latent_dim})"
+    )
+    if not hasattr(fake, "shape") or len(fake.shape) < 2:
+        raise keras_steps.StepError(
+            f"Step {step!r}: the generator returned {type(fake).__name__} "
+            f"{getattr(fake, 'shape', '')} for 2 latent vectors; it must return one "
+            "batch of samples, shaped (batch, ...)."
+        )
+    _build_on(critic, (None, *fake.shape[1:]))
+    scores = _probe(step, judge, critic, fake, "the generator's outputs")
+    if not hasattr(scores, "shape") or tuple(scores.shape) not in ((2,), (2, 1)):
+        raise keras_steps.StepError(
+            f"Step {step!r}: the {judge} returned shape "
+            f"{tuple(getattr(scores, 'shape', ()))} for 2 generated samples; it must "
+            "return one score per example, shaped (batch, 1) or (batch,)."
+        )
 
 
 def real_batch(data):

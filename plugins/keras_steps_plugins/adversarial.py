@@ -98,12 +98,8 @@ class AdversarialOptions(keras_steps.StepOptions):
     clip_max: float | None = Field(
         None, description="Highest valid input value, or None for no upper bound."
     )
-    seed: int | None = Field(
-        None,
-        ge=0,
-        description=(
-            "Seed of the random starts; None draws one from Keras's global seed."
-        ),
+    seed: int | None = keras_steps.seed_field(
+        None, "Seed of the random starts; None draws one from Keras's global seed."
     )
 
     @pydantic.model_validator(mode="after")

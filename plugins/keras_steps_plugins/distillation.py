@@ -34,10 +34,13 @@ would for the student trained alone: the regularization enters ``loss`` with
 weight 1 (not ``alpha``), and ``student_loss`` is comparable with that
 student's own ``loss``.
 
-The teacher is frozen: ``step_build`` sets ``teacher.trainable = False`` (so
-``model.trainable_weights`` holds only the student's, and Keras runs it in
-inference mode), it runs under ``torch.no_grad()`` with ``training=False``,
-and the optimizer updates only the student's weights. ``evaluate()`` reports
+The teacher is frozen for this step only: it is a frozen role
+(``step_frozen_roles``), so ``model.trainable_weights`` holds only the
+student's, and the teacher runs under ``torch.no_grad()`` with
+``training=False``; the optimizer updates only the student's weights. The
+teacher network itself is not changed: its ``trainable`` flag stays as it
+was, and it trains as before in a model of its own. It must be built (a
+trained teacher is): an unbuilt one is refused. ``evaluate()`` reports
 the same metrics on labelled data without updating anything, so ``val_loss``
 is the training objective and ``val_student_loss`` the student's own loss.
 ``model(x)`` and ``predict(x)`` return the student's outputs.
@@ -78,7 +81,6 @@ class DistillationOptions(keras_steps.StepOptions):
     temperature: float = Field(
         3.0,
         gt=0.0,
-        allow_inf_nan=False,
         description="Softmax temperature T applied to both networks' logits; higher "
         "T gives softer targets.",
     )
@@ -111,6 +113,11 @@ def step_optimizer_roles():
 
 
 @keras_steps.hookimpl
+def step_frozen_roles():
+    return (TEACHER,)
+
+
+@keras_steps.hookimpl
 def step_build(model):
     student, teacher = model.models[STUDENT], model.models[TEACHER]
     teacher_weights = {id(w) for w in teacher.weights}
@@ -120,7 +127,12 @@ def step_build(model):
             "teacher would freeze the student too. Give the student its own network "
             "(keras.models.clone_model(teacher) for self-distillation)."
         )
-    teacher.trainable = False
+    if not teacher.built:
+        raise StepError(
+            f"Step {NAME!r}: the teacher network {teacher.name!r} is not built, so it "
+            "has no trained weights to distill. Pass a trained teacher (train it, or "
+            "build it and load its weights, first)."
+        )
     return {
         # Named "loss", this tracker replaces the compile() loss tracker.
         "loss": keras.metrics.Mean(name="loss"),

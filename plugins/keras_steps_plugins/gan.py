@@ -29,7 +29,9 @@ from pydantic import Field
 
 import keras_steps
 from keras_steps_plugins._gan_common import (
-    MAX_SEED,
+    LATENT_DIM_DESCRIPTION,
+    MAX_LATENT_DIM,
+    build_networks,
     digits_demo,
     draw_latents,
     real_batch,
@@ -42,7 +44,7 @@ class GANOptions(keras_steps.StepOptions):
     """Options of the ``gan`` step."""
 
     latent_dim: int = Field(
-        128, gt=0, description="Size of the latent vectors fed to the generator."
+        128, gt=0, le=MAX_LATENT_DIM, description=LATENT_DIM_DESCRIPTION
     )
     label_noise: float = Field(
         0.05,
@@ -59,11 +61,8 @@ class GANOptions(keras_steps.StepOptions):
         le=100,
         description="Discriminator updates per generator update (same real batch).",
     )
-    seed: int = Field(
-        1337,
-        ge=0,
-        le=MAX_SEED,
-        description="Seed of the step's random stream (latents and label noise).",
+    seed: int = keras_steps.seed_field(
+        1337, "Seed of the step's random stream (latents and label noise)."
     )
 
 
@@ -86,7 +85,8 @@ def step_optimizer_roles():
 
 
 @keras_steps.hookimpl
-def step_build(options):
+def step_build(model, options):
+    build_networks(model, "gan", options.latent_dim, "discriminator")
     return {
         "d_loss": keras.metrics.Mean(name="d_loss"),
         "g_loss": keras.metrics.Mean(name="g_loss"),

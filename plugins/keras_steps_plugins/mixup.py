@@ -59,13 +59,10 @@ class MixupOptions(keras_steps.StepOptions):
             "for cutmix (the papers' settings)."
         ),
     )
-    seed: int | None = Field(
+    seed: int | None = keras_steps.seed_field(
         None,
-        ge=0,
-        description=(
-            "Seed of the step's random generator (ratios, permutations, boxes); "
-            "None draws one from Keras's global seed."
-        ),
+        "Seed of the step's random generator (ratios, permutations, boxes); "
+        "None draws one from Keras's global seed.",
     )
 
 

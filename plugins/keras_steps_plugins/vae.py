@@ -67,7 +67,6 @@ class VAEOptions(keras_steps.StepOptions):
     kl_weight: float = Field(
         1.0,
         ge=0.0,
-        allow_inf_nan=False,
         description="Weight of the KL term (the beta of a beta-VAE); 1 gives the "
         "negative ELBO. May be changed between batches (KL warm-up) by assigning "
         "model.step_options.kl_weight in a callback.",
@@ -88,11 +87,10 @@ class VAEOptions(keras_steps.StepOptions):
         description="With reconstruction='bce': the decoder outputs logits (no "
         "sigmoid); predict() then applies the sigmoid.",
     )
-    seed: int | None = Field(
+    seed: int | None = keras_steps.seed_field(
         None,
-        ge=0,
-        description="Seed of the noise of the reparameterisation trick; None "
-        "draws one from Keras's global seed (keras.utils.set_random_seed).",
+        "Seed of the noise of the reparameterisation trick; None draws one from "
+        "Keras's global seed (keras.utils.set_random_seed).",
     )
 
     @model_validator(mode="after")

@@ -29,7 +29,9 @@ from pydantic import Field
 
 import keras_steps
 from keras_steps_plugins._gan_common import (
-    MAX_SEED,
+    LATENT_DIM_DESCRIPTION,
+    MAX_LATENT_DIM,
+    build_networks,
     digits_demo,
     draw_latents,
     real_batch,
@@ -44,7 +46,7 @@ class WGANGPOptions(keras_steps.StepOptions):
     """Options of the ``wgan-gp`` step."""
 
     latent_dim: int = Field(
-        128, gt=0, description="Size of the latent vectors fed to the generator."
+        128, gt=0, le=MAX_LATENT_DIM, description=LATENT_DIM_DESCRIPTION
     )
     d_steps: int = Field(
         5,
@@ -55,11 +57,8 @@ class WGANGPOptions(keras_steps.StepOptions):
     gp_weight: float = Field(
         10.0, ge=0.0, description="Weight of the gradient penalty (the paper's lambda)."
     )
-    seed: int = Field(
-        1337,
-        ge=0,
-        le=MAX_SEED,
-        description="Seed of the step's random stream (latents, interpolation points).",
+    seed: int = keras_steps.seed_field(
+        1337, "Seed of the step's random stream (latents, interpolation points)."
     )
 
 
@@ -79,7 +78,8 @@ def step_optimizer_roles():
 
 
 @keras_steps.hookimpl
-def step_build(options):
+def step_build(model, options):
+    build_networks(model, "wgan-gp", options.latent_dim, "critic")
     state = {name: keras.metrics.Mean(name=name) for name in _METRICS}
     state.update(seed_generators(options.seed, "wgan_gp"))
     return state

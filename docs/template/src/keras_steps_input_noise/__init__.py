@@ -30,15 +30,11 @@ class Options(keras_steps.StepOptions):
     stddev: float = Field(
         0.1,
         ge=0.0,
-        allow_inf_nan=False,
         description="Standard deviation of the Gaussian noise added to every "
         "floating point input value during training; 0 trains on clean inputs.",
     )
-    seed: int = Field(
-        1337,
-        ge=0,
-        lt=2**31,
-        description="Seed of the noise; its generator is saved with the model.",
+    seed: int = keras_steps.seed_field(
+        1337, "Seed of the noise; its generator is saved with the model."
     )
 
 
