@@ -18,9 +18,11 @@ from keras_steps import _distributed  # noqa: E402
 # Under torchrun, each process takes its own GPU before any layer is built.
 _distributed.select_device()
 
+from keras_steps._arguments import Refused  # noqa: E402
 from keras_steps._backprop import backprop  # noqa: E402
 from keras_steps._distributed import batch_random  # noqa: E402
 from keras_steps._errors import (  # noqa: E402
+    ArgumentError,
     BackendError,
     DistributedError,
     OptionsError,
@@ -48,11 +50,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "ArgumentError",
     "BackendError",
     "DistributedError",
     "OptionsError",
     "PluginError",
     "PluginLoadWarning",
+    "Refused",
     "RoleError",
     "Step",
     "StepConflictError",
