@@ -190,6 +190,8 @@ class ArgumentRules:
             self._require("loss", f"{call} was called on a model compiled without one")
         if not _is_array_data(x):
             return
+        if sample_weight is not None:
+            self._refuse("sample_weight", sample_weight)
         weighted = sample_weight is not None or class_weight is not None
         if y is None and weighted and self.rule("y") != "defaults_to_x":
             name = "sample_weight" if sample_weight is not None else "class_weight"
@@ -217,6 +219,21 @@ class ArgumentRules:
             self._refuse("sample_weight", sample_weight)
         if isinstance(x, (dict, list, tuple)):
             self._refuse("nested_x", x)
+
+    def targets(self, x: Any, y: Any, sample_weight: Any) -> Any:
+        """Check what ``compute_loss``/``compute_metrics`` got; return the targets.
+
+        Keras's symbolic build calls them on the first batch of a dataset
+        before any step hook runs, so this is where a dataset's batches are
+        first checked.
+
+        Returns:
+            ``y``, or ``x`` where the step's ``y`` is ``"defaults_to_x"``.
+        """
+        self.check_batch(x, y, sample_weight, call="a batch")
+        if y is None and self.rule("y") == "defaults_to_x":
+            return x
+        return y
 
     def check_data(self, data: Any) -> None:
         """:meth:`check_batch` on a batch as Keras packs it."""
@@ -258,20 +275,16 @@ def check_arguments(rules: ArgumentRules, call: str, has_loss: bool, arguments: 
         call: ``"fit"`` or ``"evaluate"``.
         has_loss: whether ``compile`` was given a loss.
         arguments: the call's arguments by name, changed in place where the
-            step's ``y`` is ``"defaults_to_x"``: weights given without ``y``
-            get ``y = x`` (the same target, and Keras then keeps the weights),
-            in ``validation_data`` too.
+            step's ``y`` is ``"defaults_to_x"``: array data without ``y`` gets
+            ``y = x``, the same target, so that Keras keeps the weights and
+            builds compiled metrics on it (in ``validation_data`` too).
 
     Raises:
         ArgumentError: as :meth:`ArgumentRules.check_call`.
     """
     to_x = rules.rule("y") == "defaults_to_x"
     x = arguments.get("x")
-    weighted = (
-        arguments.get("sample_weight") is not None
-        or arguments.get("class_weight") is not None
-    )
-    if to_x and weighted and arguments.get("y") is None and _is_array_data(x):
+    if to_x and arguments.get("y") is None and _is_array_data(x):
         arguments["y"] = x
     rules.check_call(
         f"{call}()",
@@ -284,7 +297,7 @@ def check_arguments(rules: ArgumentRules, call: str, has_loss: bool, arguments: 
     validation = arguments.get("validation_data")
     if isinstance(validation, (list, tuple)) and 1 <= len(validation) <= 3:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(tuple(validation))
-        if to_x and y is None and sample_weight is not None and _is_array_data(x):
+        if to_x and y is None and _is_array_data(x):
             y = x
             arguments["validation_data"] = (x, y, sample_weight)
         rules.check_call("fit(validation_data=...)", x, y, sample_weight, has_loss=has_loss)

@@ -71,20 +71,39 @@ class GANOptions(keras_steps.StepOptions):
 _bce = keras.losses.BinaryCrossentropy(from_logits=True)
 
 
-def adversarial_loss(model):
+def adversarial_loss(model, options):
     """The loss comparing the discriminator's outputs with real/fake labels.
 
     ``compile(loss=...)`` when given (``BinaryCrossentropy()`` for a
     discriminator ending in a sigmoid), else binary cross-entropy on logits,
     as the seed guide.
+
+    Raises:
+        StepError: a cross-entropy on probabilities with ``label_noise > 0``,
+            whose noisy labels (up to ``1 + label_noise``) torch refuses.
     """
     if model.loss is None:
         return _bce
     loss = keras.losses.get(model.loss)
+    if options.label_noise > 0 and _on_probabilities(loss):
+        raise keras_steps.StepError(
+            f"Step 'gan': compile(loss={model.loss!r}) is a binary cross-entropy on "
+            "probabilities, which takes labels in [0, 1] on the torch backend, but "
+            f"label_noise={options.label_noise} makes the generated images' labels up "
+            f"to {1 + options.label_noise}. Set step_options label_noise=0, or let the "
+            "discriminator output logits with BinaryCrossentropy(from_logits=True)."
+        )
     if isinstance(loss, keras.losses.Loss):
         return loss
-    # A loss function (per example): reduced over the batch as Keras would.
-    return keras.losses.LossFunctionWrapper(loss)
+    # A loss function, per example: averaged over the batch, as Keras's
+    # losses reduce ("sum_over_batch_size").
+    return lambda labels, predictions: keras.ops.mean(loss(labels, predictions))
+
+
+def _on_probabilities(loss):
+    if isinstance(loss, keras.losses.BinaryCrossentropy):
+        return not loss.get_config()["from_logits"]
+    return loss is keras.losses.binary_crossentropy
 
 
 @keras_steps.hookimpl
@@ -175,7 +194,7 @@ def _discriminator_update(model, real, options):
     labels = labels + options.label_noise * keras_steps.batch_random(
         keras.random.uniform, labels.shape, seed=seed, blocks=2
     )
-    d_loss = adversarial_loss(model)(labels, discriminator(combined, training=True))
+    d_loss = adversarial_loss(model, options)(labels, discriminator(combined, training=True))
     keras_steps.backprop(
         d_loss, model.optimizers["discriminator"], discriminator.trainable_weights
     )
@@ -188,7 +207,7 @@ def _generator_update(model, batch_size, options):
     latents = draw_latents(batch_size, options.latent_dim, model.step_state["seed_generator"])
     misleading_labels = keras.ops.zeros((batch_size, 1))
     predictions = discriminator(generator(latents, training=True), training=True)
-    g_loss = adversarial_loss(model)(misleading_labels, predictions)
+    g_loss = adversarial_loss(model, options)(misleading_labels, predictions)
     # Gradients for the generator's weights only: the discriminator is frozen
     # here, and backprop computes nothing for it.
     keras_steps.backprop(
@@ -211,7 +230,7 @@ def test_step(model, data, options):
     predictions = discriminator(
         keras.ops.concatenate([fake, real], axis=0), training=False
     )
-    loss = adversarial_loss(model)
+    loss = adversarial_loss(model, options)
     d_loss = loss(_labels(batch_size), predictions)
     g_loss = loss(keras.ops.zeros((batch_size, 1)), predictions[:batch_size])
     state["d_loss"].update_state(d_loss)
