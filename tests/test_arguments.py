@@ -178,7 +178,7 @@ def _target(step):
 
 def _case(step, argument):
     """The arguments of the run that uses ``argument``: compile, fit, input name, x."""
-    _, _, (x, y) = SETUPS[step]
+    x = SETUPS[step][2][0]
     if argument == "y":
         # A target other than the default: other labels for classifiers,
         # other images for the vae (as a denoising vae), labels for GANs.

@@ -522,7 +522,8 @@ def test_a_compiled_loss_is_the_adversarial_loss():
     x = tiny_images()
     generator, discriminator = small_conv_networks()
     runs = {}
-    for label, loss in (("bce", None), ("name", "mse"), ("object", keras.losses.MeanSquaredError())):
+    losses = {"bce": None, "name": "mse", "object": keras.losses.MeanSquaredError()}
+    for label, loss in losses.items():
         model = gan_model(*copies(generator, discriminator), loss=loss)
         runs[label] = model.fit(
             x, batch_size=16, epochs=1, shuffle=False, verbose=0
@@ -560,7 +561,7 @@ def test_arguments_the_step_cannot_use_are_refused(call, argument):
     with pytest.raises(keras_steps.ArgumentError) as info:
         call(model, gaussian_2d(32))
     message = str(info.value)
-    assert f"Step 'gan' (keras-steps " in message
+    assert "Step 'gan' (keras-steps " in message
     assert f"does not take {argument} " in message
     after = snapshot(model)
     for role in ROLES:
