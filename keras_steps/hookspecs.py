@@ -297,8 +297,10 @@ def step_arguments() -> Any:
     The arguments, and the rules each may have (``"optional"`` for all):
 
     - ``y``: ``"required"``; ``"defaults_to_x"`` (without ``y`` the step's
-      target is ``x``, as in an autoencoder: ``fit(x, sample_weight=w)`` then
-      keeps ``w``, which Keras drops for data without targets).
+      target is ``x``, as in an autoencoder: ``fit(x)`` on arrays is then
+      given ``y = x``, so that ``fit(x, sample_weight=w)`` keeps ``w``, which
+      Keras drops for data without targets, and compiled metrics build on
+      the target).
     - ``sample_weight``, ``class_weight`` (``fit`` turns it into per-example
       weights), ``nested_x`` (``x`` as a dict, list or tuple of inputs).
     - ``loss``: ``"required"`` (the step trains with ``model.compute_loss``);
