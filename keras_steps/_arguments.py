@@ -220,19 +220,25 @@ class ArgumentRules:
         if isinstance(x, (dict, list, tuple)):
             self._refuse("nested_x", x)
 
-    def targets(self, x: Any, y: Any, sample_weight: Any) -> Any:
-        """Check what ``compute_loss``/``compute_metrics`` got; return the targets.
+    def targets(self, x: Any, y: Any) -> Any:
+        """The targets for ``compute_loss``/``compute_metrics``; refuse missing ones.
 
         Keras's symbolic build calls them on the first batch of a dataset
-        before any step hook runs, so this is where a dataset's batches are
-        first checked.
+        before any step hook runs, so a missing ``y`` is caught here first.
+        Only that is checked: a step also calls them with targets and weights
+        it makes itself, which its refusals of user data do not concern.
 
         Returns:
             ``y``, or ``x`` where the step's ``y`` is ``"defaults_to_x"``.
+
+        Raises:
+            ArgumentError: ``y`` is required and missing.
         """
-        self.check_batch(x, y, sample_weight, call="a batch")
-        if y is None and self.rule("y") == "defaults_to_x":
-            return x
+        if y is None:
+            if self.rule("y") == "required":
+                self._require("y", "a batch got x only")
+            if self.rule("y") == "defaults_to_x":
+                return x
         return y
 
     def check_data(self, data: Any) -> None:

@@ -420,11 +420,11 @@ class StepModel(keras.Model):
     # Keras's symbolic build calls these two on a dataset's first batch before
     # any step hook runs: the step's arguments are checked there first.
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        y = self._arguments.targets(x, y, sample_weight)
+        y = self._arguments.targets(x, y)
         return super().compute_loss(x, y, y_pred, sample_weight, training=training)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        y = self._arguments.targets(x, y, sample_weight)
+        y = self._arguments.targets(x, y)
         return super().compute_metrics(x, y, y_pred, sample_weight)
 
     def train_step(self, data):
