@@ -19,9 +19,11 @@ from keras_steps import _distributed  # noqa: E402
 _distributed.select_device()
 
 from keras_steps import callbacks  # noqa: E402  (keras_steps.callbacks.X after import keras_steps)
+from keras_steps._arguments import Refused  # noqa: E402
 from keras_steps._backprop import backprop  # noqa: E402
 from keras_steps._distributed import batch_random  # noqa: E402
 from keras_steps._errors import (  # noqa: E402
+    ArgumentError,
     BackendError,
     DamagedFileError,
     DistributedError,
@@ -53,12 +55,14 @@ __version__ = "0.1.0"
 __all__ = [
     "ENTRY_POINT_GROUP",
     "MAX_SEED",
+    "ArgumentError",
     "BackendError",
     "DamagedFileError",
     "DistributedError",
     "OptionsError",
     "PluginError",
     "PluginLoadWarning",
+    "Refused",
     "RoleError",
     "Step",
     "StepConflictError",

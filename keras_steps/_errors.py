@@ -7,6 +7,7 @@ already catches Keras's ``ValueError`` for bad arguments keeps working.
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentError",
     "BackendError",
     "DamagedFileError",
     "DistributedError",
@@ -50,6 +51,10 @@ class OptionsError(StepError):
 
 class RoleError(StepError):
     """A model or optimizer role is missing, unknown, or given twice."""
+
+
+class ArgumentError(StepError):
+    """A data or compile argument the step refuses, or one it needs is missing."""
 
 
 class PluginError(StepError):

@@ -9,7 +9,7 @@ from typing import Any
 
 import keras
 
-from keras_steps import _distributed, _execution, _saving
+from keras_steps import _arguments, _distributed, _execution, _saving
 from keras_steps import _keras_private as _private
 from keras_steps._errors import RoleError, StepError
 from keras_steps._options import StepOptions
@@ -119,7 +119,10 @@ class StepModel(_private.TrainerHooks, keras.Model):
         self._step = step
         self._step_options = options
         self._train_hook = step.hooks["train_step"]
-        self._test_hook = step.hooks["test_step"]
+        self._test_hook = step.hooks.get("test_step")
+        self._arguments = step.arguments or _arguments.parse_rules(
+            step.name, str(step.source), None
+        )
         self._predict_hook = step.hooks.get("predict_step")
         self._call_hook = step.hooks.get("step_call")
         self._step_optimizers: dict[str, Any] = {}
@@ -350,14 +353,26 @@ class StepModel(_private.TrainerHooks, keras.Model):
         under the ``mixed_float16`` policy each is wrapped in a
         ``LossScaleOptimizer`` (Keras wraps only a single optimizer).
 
+        A ``loss``, ``loss_weights``, ``metrics`` or ``weighted_metrics`` the
+        step refuses (its ``step_arguments`` hook) is an error here. A step
+        that computes with the loss itself (``"own"``, e.g. ``gan``) gets it
+        as ``model.loss``; Keras then builds no compiled loss from it.
+
         Raises:
-            RoleError: an optimizer role is missing or unknown.
+            RoleError: an optimizer role is missing, unknown, ``None``, or
+                shares its optimizer with another role.
+            ArgumentError: an argument the step refuses.
         """
+        self._arguments.check_compile(
+            loss=loss, loss_weights=loss_weights, metrics=metrics,
+            weighted_metrics=weighted_metrics,
+        )
         roles = self._step.optimizer_roles
         optimizer, role_optimizers = self._split_optimizers(optimizer, roles)
+        own_loss = self._arguments.owns_loss
         super().compile(
             optimizer=optimizer,
-            loss=loss,
+            loss=None if own_loss else loss,
             loss_weights=loss_weights,
             metrics=metrics,
             weighted_metrics=weighted_metrics,
@@ -366,6 +381,11 @@ class StepModel(_private.TrainerHooks, keras.Model):
             jit_compile=jit_compile,
             auto_scale_loss=auto_scale_loss,
         )
+        if own_loss:
+            # Kept from Keras's CompileLoss, whose symbolic build would feed
+            # the batch to the networks; saved in the compile config as given.
+            self.loss = loss
+            self._compile_config.config["loss"] = loss
         if role_optimizers:
             if auto_scale_loss and self.dtype_policy.name == "mixed_float16":
                 role_optimizers = {
@@ -404,6 +424,7 @@ class StepModel(_private.TrainerHooks, keras.Model):
                 )
             if len(roles) == 1:
                 return optimizer[roles[0]], None
+            _arguments.check_optimizers(step.name, str(step.source), optimizer)
             return None, {r: keras.optimizers.get(optimizer[r]) for r in roles}
         if len(roles) > 1:
             raise RoleError(
@@ -454,6 +475,7 @@ class StepModel(_private.TrainerHooks, keras.Model):
         # replays that epoch from its start; resume at the right batch instead.
         args, kwargs = _saving.with_mid_epoch_resume(super().fit, args, kwargs)
         args = inspect.signature(super().fit).bind(*args, **kwargs).arguments
+        _arguments.check_arguments(self._arguments, "fit", self.loss is not None, args)
         if _distributed.is_active():
             args = _distributed.fit_arguments(self, args)
         history = super().fit(**args)
@@ -468,10 +490,23 @@ class StepModel(_private.TrainerHooks, keras.Model):
         evaluates its shard of array data and the results cover all ranks
         (every rank must call it)."""
         args = inspect.signature(super().evaluate).bind(*args, **kwargs).arguments
+        _arguments.check_arguments(self._arguments, "evaluate", self.loss is not None, args)
         if _distributed.is_active():
             args = _distributed.evaluate_arguments(self, args)
         extra = args.pop("kwargs", {})
         return super().evaluate(**args, **extra)
+
+    def train_on_batch(self, *args, **kwargs):
+        """As ``keras.Model.train_on_batch``, with the step's arguments checked first."""
+        args = inspect.signature(super().train_on_batch).bind(*args, **kwargs).arguments
+        _arguments.check_arguments(self._arguments, "train_on_batch", self.loss is not None, args)
+        return super().train_on_batch(**args)
+
+    def test_on_batch(self, *args, **kwargs):
+        """As ``keras.Model.test_on_batch``, with the step's arguments checked first."""
+        args = inspect.signature(super().test_on_batch).bind(*args, **kwargs).arguments
+        _arguments.check_arguments(self._arguments, "test_on_batch", self.loss is not None, args)
+        return super().test_on_batch(**args)
 
     def predict(self, *args, **kwargs):
         """Predict as ``keras.Model.predict``. Not sharded under ``torchrun``:
@@ -481,7 +516,18 @@ class StepModel(_private.TrainerHooks, keras.Model):
             args["verbose"] = 0
         return super().predict(**args)
 
+    # Keras's symbolic build calls these two on a dataset's first batch before
+    # any step hook runs: the step's arguments are checked there first.
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        y = self._arguments.targets(x, y)
+        return super().compute_loss(x, y, y_pred, sample_weight, training=training)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        y = self._arguments.targets(x, y)
+        return super().compute_metrics(x, y, y_pred, sample_weight)
+
     def train_step(self, data):
+        self._arguments.check_data(data)
         logs = self._train_hook(self, data, self._step_options)
         if _distributed.is_active():
             # Gradients were averaged in optimizer.apply; statistics that the
@@ -511,6 +557,9 @@ class StepModel(_private.TrainerHooks, keras.Model):
         return keras_logs(logs)
 
     def test_step(self, data):
+        self._arguments.check_data(data)
+        if self._test_hook is None:
+            return keras.Model.test_step(self, data)
         return self._test_hook(self, data, self._step_options)
 
     def predict_step(self, data):

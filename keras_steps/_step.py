@@ -10,13 +10,14 @@ from typing import Any
 import pluggy
 
 from keras_steps import hookspecs
+from keras_steps._arguments import ArgumentRules, parse_rules
 from keras_steps._errors import PluginError
 from keras_steps._options import StepOptions, validate_options
 
 __all__ = ["Step", "StepSource", "plugin_object", "resolve_step"]
 
-#: Hooks every step must implement.
-REQUIRED_HOOKS = ("train_step", "test_step")
+#: Hooks every step must implement; ``test_step`` defaults to Keras's own.
+REQUIRED_HOOKS = ("train_step",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Step:
         optimizer_roles: names of the optimizers it needs.
         hooks: hook name to a callable taking the hook's full argument list.
         frozen_roles: model roles the step never trains (``step_frozen_roles``).
+        arguments: the data and compile arguments it takes (``step_arguments``).
     """
 
     name: str
@@ -72,6 +74,7 @@ class Step:
     optimizer_roles: tuple[str, ...]
     hooks: dict[str, Callable[..., Any]]
     frozen_roles: tuple[str, ...] = ()
+    arguments: ArgumentRules | None = None
 
     def __repr__(self) -> str:
         return f"<Step {self.name!r} from {self.source}>"
@@ -247,4 +250,7 @@ def resolve_step(
         optimizer_roles=optimizer_roles,
         hooks=hooks,
         frozen_roles=frozen_roles,
+        arguments=parse_rules(
+            name, str(source), hooks["step_arguments"]() if "step_arguments" in hooks else None
+        ),
     )

@@ -8,8 +8,8 @@ per step and "first result" semantics: the value the step's implementation
 returns is the value used.
 
 Implementations may accept any subset of a hook's arguments, in any order,
-as pluggy allows. Only ``train_step`` and ``test_step`` are required; every
-other hook has the default documented with it.
+as pluggy allows. Only ``train_step`` is required; every other hook has the
+default documented with it.
 
 Versioning: each hook's docstring ends with the keras-steps version that
 added it ("Added in 0.1."; :func:`hook_versions` reads them). A newer
@@ -276,7 +276,7 @@ def train_step(model: Any, data: Any, options: Any) -> Any:
 
 @hookspec(firstresult=True)
 def test_step(model: Any, data: Any, options: Any) -> Any:
-    """Run one evaluation step on one batch; required.
+    """Run one evaluation step on one batch.
 
     Called by ``evaluate()`` and for validation data in ``fit()``, under
     ``torch.no_grad()``. It updates metrics and never changes weights.
@@ -286,7 +286,57 @@ def test_step(model: Any, data: Any, options: Any) -> Any:
         data: the batch, structured as for :func:`train_step`.
         options: the validated options instance.
 
-    Return: a dict mapping metric names to current values.
+    Return: a dict mapping metric names to current values. Default when not
+    implemented: Keras's own ``test_step``, which calls ``model(x,
+    training=False)`` (the functional or subclassed network, or
+    :func:`step_call`) and updates the compiled loss and metrics; a step whose
+    training loss is the compiled one needs no ``test_step``.
+
+    Added in 0.1.
+    """
+
+
+@hookspec(firstresult=True)
+def step_arguments() -> Any:
+    """Declare which data and compile arguments the step takes.
+
+    Called once when the step is resolved. :class:`~keras_steps.StepModel`
+    checks the declaration in ``compile``, ``fit`` and ``evaluate``, before
+    Keras builds anything, and on each batch (datasets), so an argument the
+    step cannot use is an :class:`~keras_steps.ArgumentError` naming the step,
+    its plugin and the argument, and saying what the step does instead::
+
+        @keras_steps.hookimpl
+        def step_arguments():
+            return {
+                "y": "required",
+                "loss": "required",
+                "nested_x": keras_steps.Refused("it mixes x, so x must be one tensor"),
+            }
+
+    The arguments, and the rules each may have (``"optional"`` for all):
+
+    - ``y``: ``"required"``; ``"defaults_to_x"`` (without ``y`` the step's
+      target is ``x``, as in an autoencoder: ``fit(x)`` on arrays is then
+      given ``y = x``, so that ``fit(x, sample_weight=w)`` keeps ``w``, which
+      Keras drops for data without targets, and compiled metrics build on
+      the target).
+    - ``sample_weight``, ``class_weight`` (``fit`` turns it into per-example
+      weights), ``nested_x`` (``x`` as a dict, list or tuple of inputs).
+    - ``loss``: ``"required"`` (the step trains with ``model.compute_loss``);
+      ``"own"`` (the step computes with ``model.loss`` itself, so Keras builds
+      no compiled loss from it and never feeds the networks a batch to build
+      one; ``model.loss`` is ``None`` when none was given).
+    - ``loss_weights``, ``metrics``, ``weighted_metrics``.
+
+    Any rule may instead be ``keras_steps.Refused("what the step does
+    instead")``. Without ``y``, Keras drops ``sample_weight`` and
+    ``class_weight`` of array data, so ``fit`` refuses that pairing unless
+    ``y`` is ``"defaults_to_x"``.
+
+    Return: a dict from argument name to rule; arguments not named are
+    optional. Default when not implemented: every argument is optional and
+    nothing is checked, as with a ``train_step`` written for ``keras.Model``.
 
     Added in 0.1.
     """

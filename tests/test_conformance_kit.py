@@ -297,11 +297,11 @@ class Wrapper(Sound):
         return (yield)
 
 
-class MissingTestStep:
-    """Only a train_step."""
+class MissingTrainStep:
+    """Only a test_step."""
 
     @hookimpl
-    def train_step(model, data):
+    def test_step(model, data):
         return {}
 
 
@@ -310,8 +310,8 @@ def test_hook_signature_wrapper_and_required_hooks():
     assert "train_step" in wrong and "batch" in wrong
     (wrapper,) = hook_problems(Wrapper, "wrapper")
     assert "predict_step is a hook wrapper" in wrapper
-    (missing,) = hook_problems(MissingTestStep, "missing")
-    assert "required hook(s) test_step" in missing
+    (missing,) = hook_problems(MissingTrainStep, "missing")
+    assert "required hook(s) train_step" in missing
     assert hook_problems(Sound, "sound") == []
 
 

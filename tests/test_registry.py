@@ -395,13 +395,23 @@ def test_wrong_hook_signature_is_an_error_naming_plugin_and_hook():
 
 
 def test_missing_required_hook():
-    class NoTest:
+    class NoTrain:
+        @keras_steps.hookimpl
+        def test_step(self, model, data):
+            pass
+
+    with pytest.raises(keras_steps.PluginError, match="required hook.*train_step"):
+        keras_steps.register_step(NoTrain(), name="notrain")
+
+
+def test_test_step_is_optional():
+    class TrainOnly:
         @keras_steps.hookimpl
         def train_step(self, model, data):
             pass
 
-    with pytest.raises(keras_steps.PluginError, match="test_step"):
-        keras_steps.register_step(NoTest(), name="notest")
+    keras_steps.register_step(TrainOnly(), name="trainonly")
+    assert "test_step" not in keras_steps.get_step("trainonly").hooks
 
 
 def test_misspelled_hook_in_installed_plugin_reported_not_raised(installed):

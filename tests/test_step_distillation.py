@@ -230,10 +230,12 @@ def test_evaluate_does_not_update_weights(teacher_weights):
 def test_labels_are_required(teacher_weights):
     x, y = make_data(8)
     model = make_distiller(make_teacher(teacher_weights))
-    # The first call builds the compiled loss and metrics, which needs labels
-    # (Keras's own error otherwise); later batches reach the step.
+    # Refused before Keras's symbolic build, which would fail on the missing y.
+    for call in (model.train_on_batch, model.fit, model.evaluate):
+        with pytest.raises(keras_steps.ArgumentError, match=r"'distillation' .* needs y"):
+            call(x)
     model.train_on_batch(x, y)
-    with pytest.raises(StepError, match=r"'distillation' needs labels"):
+    with pytest.raises(keras_steps.ArgumentError, match=r"'distillation' .* needs y"):
         model.train_on_batch(x)
 
 
@@ -247,10 +249,12 @@ def test_compiled_loss_is_required(teacher_weights):
         step="distillation",
     )
     model.compile(optimizer="adam", metrics=["accuracy"])
-    with pytest.raises(
-        StepError, match=r"'distillation' needs the student's loss.*compile"
-    ):
-        model.train_on_batch(x, y)
+    for call in (model.train_on_batch, model.fit, model.evaluate):
+        with pytest.raises(
+            keras_steps.ArgumentError,
+            match=r"'distillation' .* needs loss \(compile\(loss=...\)\)",
+        ):
+            call(x, y)
 
 
 def test_output_shapes_must_agree(teacher_weights):

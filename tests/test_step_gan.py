@@ -148,7 +148,7 @@ def tiny_images(n=64):
     return rng.uniform(0.0, 1.0, size=(n, 8, 8, 1)).astype("float32")
 
 
-def gan_model(generator, discriminator, lr=3e-4, **options):
+def gan_model(generator, discriminator, lr=3e-4, loss=None, **options):
     model = keras_steps.StepModel(
         models={"generator": generator, "discriminator": discriminator},
         step="gan",
@@ -158,7 +158,9 @@ def gan_model(generator, discriminator, lr=3e-4, **options):
         optimizer={
             "generator": keras.optimizers.Adam(lr),
             "discriminator": keras.optimizers.Adam(lr),
-        }
+        },
+        # The seed's compile(loss_fn=...), moved to Keras's own argument.
+        **({} if loss is None else {"loss": loss}),
     )
     return model
 
@@ -172,7 +174,7 @@ class BatchLogs(keras.callbacks.Callback):
         self.logs.append((float(logs["d_loss"]), float(logs["g_loss"])))
 
 
-def fit_both(epochs=2, batch_size=16, reference_cls=SeedGAN, **fit_kwargs):
+def fit_both(epochs=2, batch_size=16, reference_cls=SeedGAN, loss=None, **fit_kwargs):
     x = tiny_images()
     generator, discriminator = small_conv_networks()
     ref_g, ref_d = copies(generator, discriminator)
@@ -182,7 +184,7 @@ def fit_both(epochs=2, batch_size=16, reference_cls=SeedGAN, **fit_kwargs):
         g_optimizer=keras.optimizers.Adam(3e-4),
         loss_fn=keras.losses.BinaryCrossentropy(from_logits=True),
     )
-    model = gan_model(generator, discriminator)
+    model = gan_model(generator, discriminator, loss=loss)
     logs = {"ref": BatchLogs(), "step": BatchLogs()}
     kw = dict(batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0)
     kw.update(fit_kwargs)
@@ -197,8 +199,14 @@ def fit_both(epochs=2, batch_size=16, reference_cls=SeedGAN, **fit_kwargs):
 RTOL, ATOL = 1e-6, 1e-7
 
 
-def test_matches_the_seed_gan_batch_by_batch():
-    reference, model, ref_hist, step_hist, logs = fit_both(epochs=2)
+@pytest.mark.parametrize(
+    "loss",
+    [None, keras.losses.BinaryCrossentropy(from_logits=True)],
+    ids=["default-loss", "compile-loss"],
+)
+def test_matches_the_seed_gan_batch_by_batch(loss):
+    """The seed ported as is, or with its loss_fn given as compile(loss=...)."""
+    reference, model, ref_hist, step_hist, logs = fit_both(epochs=2, loss=loss)
     ref_logs = np.array(logs["ref"].logs)
     step_logs = np.array(logs["step"].logs)
     assert ref_logs.shape == step_logs.shape == (8, 2)
@@ -477,3 +485,105 @@ def test_demo_writes_samples_and_curves(tmp_path):
     assert set(files) == {"samples", "curves"}
     check_png(files["samples"], (640, 320))  # 8x4 digits, 80 pixels each
     check_png(files["curves"], (480, 320))
+
+
+# -- compile(loss=...) and the arguments the step refuses -------------------------
+def _with_sigmoid(discriminator):
+    """The same discriminator ending in a sigmoid (as keras-io's DCGAN)."""
+    return keras.Sequential(
+        [discriminator, layers.Activation("sigmoid")], name="sigmoid_discriminator"
+    )
+
+
+def test_sigmoid_discriminator_with_a_probability_loss_trains_as_logits():
+    """BCE on probabilities of a sigmoid output: the logit step's numbers."""
+    x = tiny_images()
+    generator, discriminator = small_conv_networks()
+    g2, d2 = copies(generator, discriminator)
+    # Labels in [0, 1]: torch's cross-entropy on probabilities refuses others.
+    logits = gan_model(generator, discriminator, label_noise=0.0)
+    probabilities = gan_model(
+        g2, _with_sigmoid(d2), loss=keras.losses.BinaryCrossentropy(), label_noise=0.0
+    )
+    kw = dict(batch_size=16, epochs=1, shuffle=False, verbose=0)
+    a = logits.fit(x, **kw).history
+    b = probabilities.fit(x, **kw).history
+    # Keras clips probabilities at 1e-7, so not bit for bit.
+    for key in ("d_loss", "g_loss"):
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-4, err_msg=key)
+    assert probabilities.evaluate(x, verbose=0, return_dict=True) == pytest.approx(
+        logits.evaluate(x, verbose=0, return_dict=True), rel=1e-4
+    )
+
+
+def test_a_compiled_loss_is_the_adversarial_loss():
+    """Another loss gives other numbers; a loss name works like its object."""
+    x = tiny_images()
+    generator, discriminator = small_conv_networks()
+    runs = {}
+    losses = {"bce": None, "name": "mse", "object": keras.losses.MeanSquaredError()}
+    for label, loss in losses.items():
+        model = gan_model(*copies(generator, discriminator), loss=loss)
+        runs[label] = model.fit(
+            x, batch_size=16, epochs=1, shuffle=False, verbose=0
+        ).history["d_loss"]
+    assert abs(runs["bce"][0] - runs["name"][0]) > 1e-3
+    np.testing.assert_allclose(runs["name"], runs["object"], rtol=1e-6)
+
+
+def test_the_compiled_loss_is_saved(tmp_path):
+    x = tiny_images()
+    generator, discriminator = small_conv_networks()
+    model = gan_model(generator, discriminator, loss=keras.losses.MeanSquaredError())
+    model.fit(x, batch_size=16, epochs=1, verbose=0)
+    model.save(tmp_path / "gan.keras")
+    loaded = keras.models.load_model(tmp_path / "gan.keras")
+    assert isinstance(loaded.loss, keras.losses.MeanSquaredError)
+    assert loaded.evaluate(x, verbose=0) == pytest.approx(model.evaluate(x, verbose=0))
+
+
+@pytest.mark.parametrize(
+    ("call", "argument"),
+    [
+        (lambda m, x: m.fit(x, np.zeros(len(x)), verbose=0), "y"),
+        (lambda m, x: m.fit({"images": x}, verbose=0), "nested_x"),
+        (lambda m, x: m.fit(x, sample_weight=np.ones(len(x)), verbose=0), "sample_weight"),
+        (lambda m, x: m.fit(x, class_weight={0: 1.0}, verbose=0), "class_weight"),
+        (lambda m, x: m.evaluate(x, np.zeros(len(x)), verbose=0), "y"),
+        (lambda m, x: m.compile(optimizer=m.optimizers, metrics=["accuracy"]), "metrics"),
+        (lambda m, x: m.compile(optimizer=m.optimizers, loss_weights=[1.0]), "loss_weights"),
+    ],
+)
+def test_arguments_the_step_cannot_use_are_refused(call, argument):
+    model = point_gan()
+    before = snapshot(model)
+    with pytest.raises(keras_steps.ArgumentError) as info:
+        call(model, gaussian_2d(32))
+    message = str(info.value)
+    assert "Step 'gan' (keras-steps " in message
+    assert f"does not take {argument} " in message
+    after = snapshot(model)
+    for role in ROLES:
+        for a, b in zip(before[role], after[role], strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_one_optimizer_for_both_roles_is_refused():
+    model = point_gan()
+    shared = keras.optimizers.Adam()
+    with pytest.raises(keras_steps.RoleError, match=r"'generator' and 'discriminator'.*same"):
+        model.compile(optimizer={"generator": shared, "discriminator": shared})
+
+
+def test_a_role_without_an_optimizer_is_refused():
+    model = point_gan()
+    with pytest.raises(keras_steps.RoleError, match=r"role 'discriminator' needs an optimizer"):
+        model.compile(optimizer={"generator": "adam", "discriminator": None})
+
+
+@pytest.mark.parametrize("loss", ["binary_crossentropy", keras.losses.BinaryCrossentropy()])
+def test_probability_loss_with_noisy_labels_is_refused(loss):
+    generator, discriminator = small_conv_networks()
+    model = gan_model(generator, _with_sigmoid(discriminator), loss=loss)
+    with pytest.raises(keras_steps.StepError, match=r"'gan'.*label_noise=0.05.*label_noise=0"):
+        model.fit(tiny_images(16), batch_size=16, verbose=0)

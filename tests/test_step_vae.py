@@ -129,6 +129,32 @@ def test_sample_weight_weights_examples():
     for name in ("loss", "reconstruction_loss", "kl_loss"):
         # Keras's rule: sum of weighted losses over the batch size.
         assert weighted[name] == pytest.approx(0.5 * half[name], rel=1e-4)
+    # Without y the target is x, and the weights still count (Keras alone
+    # would drop them with the missing targets).
+    without_y = vae.evaluate(
+        x, sample_weight=weights, batch_size=64, verbose=0, return_dict=True
+    )
+    assert without_y == pytest.approx(weighted, rel=1e-6)
+
+
+def test_fit_without_y_is_weighted_by_sample_weight():
+    """fit(x, sample_weight=w) trains exactly as fit(x, x, sample_weight=w)."""
+    x = make_data(64)
+    weights = np.linspace(0.0, 2.0, 64).astype("float32")
+    runs = []
+    for target in (None, x):
+        vae = make_vae({"seed": 1})
+        history = vae.fit(
+            x, target, sample_weight=weights, batch_size=16, epochs=2,
+            shuffle=False, verbose=0, validation_data=(x, None, weights),
+        )
+        runs.append(history.history)
+    assert runs[0].keys() == runs[1].keys()
+    for key in runs[0]:
+        np.testing.assert_allclose(runs[0][key], runs[1][key], rtol=1e-6, err_msg=key)
+    vae = make_vae({"seed": 1})
+    unweighted = vae.fit(x, batch_size=16, epochs=2, shuffle=False, verbose=0).history
+    assert abs(unweighted["loss"][-1] - runs[0]["loss"][-1]) > 1e-3
 
 
 def test_sample_weight_must_be_per_example():
@@ -237,12 +263,13 @@ def test_encoder_contract_errors(encoder_outputs, message):
     assert info.match(message)
 
 
-def test_compiled_loss_is_rejected():
+def test_compiled_loss_is_rejected_at_compile():
     vae = make_vae()
-    vae.compile(optimizer="adam", loss="mse")
-    x = make_data(8)
-    with pytest.raises(StepError, match=r"'vae' computes its own loss.*loss='mse'"):
-        vae.train_on_batch(x, x)
+    with pytest.raises(
+        keras_steps.ArgumentError,
+        match=r"'vae' .* does not take loss .*got loss='mse'.*computes its own loss",
+    ):
+        vae.compile(optimizer="adam", loss="mse")
 
 
 def test_compiled_metrics_compare_target_and_reconstruction():

@@ -137,6 +137,17 @@ def step_options():
 
 
 @keras_steps.hookimpl
+def step_arguments():
+    return {
+        "y": "required",
+        "loss": "required",
+        "nested_x": keras_steps.Refused(
+            "it perturbs the inputs, so x must be one floating-point tensor"
+        ),
+    }
+
+
+@keras_steps.hookimpl
 def step_build(options):
     return {
         "adv_loss": keras.metrics.Mean(name="adv_loss"),

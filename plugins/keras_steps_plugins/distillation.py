@@ -118,6 +118,11 @@ def step_frozen_roles():
 
 
 @keras_steps.hookimpl
+def step_arguments():
+    return {"y": "required", "loss": "required"}
+
+
+@keras_steps.hookimpl
 def step_build(model):
     student, teacher = model.models[STUDENT], model.models[TEACHER]
     teacher_weights = {id(w) for w in teacher.weights}
@@ -164,18 +169,9 @@ def test_step(model, data, options):
 
 
 def _losses(model, data, options, training):
+    # step_arguments makes StepModel refuse data without y, and fit() or
+    # evaluate() without a compiled loss, before this runs.
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    if y is None:
-        raise StepError(
-            f"Step {NAME!r} needs labels for the student loss: fit(x, y) or a "
-            "dataset of (x, y) pairs; got x only."
-        )
-    if model.loss is None:
-        raise StepError(
-            f"Step {NAME!r} needs the student's loss on the labels: compile("
-            "loss=...), e.g. keras.losses.SparseCategoricalCrossentropy("
-            "from_logits=True) for integer labels and logits."
-        )
     with torch.no_grad():
         teacher_pred = model.models[TEACHER](x, training=False)
     y_pred = model.models[STUDENT](x, training=training)

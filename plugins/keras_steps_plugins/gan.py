@@ -66,7 +66,43 @@ class GANOptions(keras_steps.StepOptions):
     )
 
 
+#: The seed guide's loss, used when compile() is given none.
 _bce = keras.losses.BinaryCrossentropy(from_logits=True)
+
+
+def adversarial_loss(model, options):
+    """The loss comparing the discriminator's outputs with real/fake labels.
+
+    ``compile(loss=...)`` when given (``BinaryCrossentropy()`` for a
+    discriminator ending in a sigmoid), else binary cross-entropy on logits,
+    as the seed guide.
+
+    Raises:
+        StepError: a cross-entropy on probabilities with ``label_noise > 0``,
+            whose noisy labels (up to ``1 + label_noise``) torch refuses.
+    """
+    if model.loss is None:
+        return _bce
+    loss = keras.losses.get(model.loss)
+    if options.label_noise > 0 and _on_probabilities(loss):
+        raise keras_steps.StepError(
+            f"Step 'gan': compile(loss={model.loss!r}) is a binary cross-entropy on "
+            "probabilities, which takes labels in [0, 1] on the torch backend, but "
+            f"label_noise={options.label_noise} makes the generated images' labels up "
+            f"to {1 + options.label_noise}. Set step_options label_noise=0, or let the "
+            "discriminator output logits with BinaryCrossentropy(from_logits=True)."
+        )
+    if isinstance(loss, keras.losses.Loss):
+        return loss
+    # A loss function, per example: averaged over the batch, as Keras's
+    # losses reduce ("sum_over_batch_size").
+    return lambda labels, predictions: keras.ops.mean(loss(labels, predictions))
+
+
+def _on_probabilities(loss):
+    if isinstance(loss, keras.losses.BinaryCrossentropy):
+        return not loss.get_config()["from_logits"]
+    return loss is keras.losses.binary_crossentropy
 
 
 @keras_steps.hookimpl
@@ -82,6 +118,28 @@ def step_model_roles():
 @keras_steps.hookimpl
 def step_optimizer_roles():
     return ("generator", "discriminator")
+
+
+_NOT_TAKEN = "the step trains on real images alone (fit(images)) and makes the labels"
+
+
+@keras_steps.hookimpl
+def step_arguments():
+    return {
+        "loss": "own",
+        "y": keras_steps.Refused(_NOT_TAKEN + " itself: 1 for generated, 0 for real"),
+        "sample_weight": keras_steps.Refused(
+            "the discriminator's loss averages real and generated images alike, and "
+            "generated ones have no weights"
+        ),
+        "class_weight": keras_steps.Refused(_NOT_TAKEN + "; there are no classes"),
+        "nested_x": keras_steps.Refused("x must be one tensor of real images"),
+        "loss_weights": keras_steps.Refused("the step has one loss per network"),
+        "metrics": keras_steps.Refused(
+            "the step reports d_loss and g_loss; compiled metrics have no targets here"
+        ),
+        "weighted_metrics": keras_steps.Refused("the step reports d_loss and g_loss"),
+    }
 
 
 @keras_steps.hookimpl
@@ -136,7 +194,7 @@ def _discriminator_update(model, real, options):
     labels = labels + options.label_noise * keras_steps.batch_random(
         keras.random.uniform, labels.shape, seed=seed, blocks=2
     )
-    d_loss = _bce(labels, discriminator(combined, training=True))
+    d_loss = adversarial_loss(model, options)(labels, discriminator(combined, training=True))
     keras_steps.backprop(
         d_loss, model.optimizers["discriminator"], discriminator.trainable_weights
     )
@@ -149,7 +207,7 @@ def _generator_update(model, batch_size, options):
     latents = draw_latents(batch_size, options.latent_dim, model.step_state["seed_generator"])
     misleading_labels = keras.ops.zeros((batch_size, 1))
     predictions = discriminator(generator(latents, training=True), training=True)
-    g_loss = _bce(misleading_labels, predictions)
+    g_loss = adversarial_loss(model, options)(misleading_labels, predictions)
     # Gradients for the generator's weights only: the discriminator is frozen
     # here, and backprop computes nothing for it.
     keras_steps.backprop(
@@ -172,8 +230,9 @@ def test_step(model, data, options):
     predictions = discriminator(
         keras.ops.concatenate([fake, real], axis=0), training=False
     )
-    d_loss = _bce(_labels(batch_size), predictions)
-    g_loss = _bce(keras.ops.zeros((batch_size, 1)), predictions[:batch_size])
+    loss = adversarial_loss(model, options)
+    d_loss = loss(_labels(batch_size), predictions)
+    g_loss = loss(keras.ops.zeros((batch_size, 1)), predictions[:batch_size])
     state["d_loss"].update_state(d_loss)
     state["g_loss"].update_state(g_loss)
     return {"d_loss": state["d_loss"].result(), "g_loss": state["g_loss"].result()}

@@ -77,6 +77,17 @@ def step_options():
 
 
 @keras_steps.hookimpl
+def step_arguments():
+    return {
+        "y": "required",
+        "loss": "required",
+        "nested_x": keras_steps.Refused(
+            "it mixes the inputs, so x must be one floating-point tensor"
+        ),
+    }
+
+
+@keras_steps.hookimpl
 def step_build(options):
     return {
         "seed_generator": keras.random.SeedGenerator(options.seed, name="mixup_seed")
@@ -86,11 +97,6 @@ def step_build(options):
 @keras_steps.hookimpl
 def train_step(model, data, options):
     x, y, sample_weight = _compiled.unpack(data)
-    if y is None:
-        raise keras_steps.StepError(
-            f"Step {STEP!r} mixes labels, so fit() needs targets: fit(x, y) or a "
-            "dataset of (x, y) pairs."
-        )
     x = _compiled.check_float_tensor(x, STEP, "mixes")
     seed = model.step_state["seed_generator"]
     alpha = mixing_alpha(options)
@@ -134,11 +140,6 @@ def train_step(model, data, options):
         y_pred,
         sample_weight=dominant(sample_weight, weight_b),
     )
-
-
-@keras_steps.hookimpl
-def test_step(model, data):
-    return keras.Model.test_step(model, data)
 
 
 def _cutmix(x, perm, lam, seed):

@@ -65,6 +65,11 @@ def step_options():
 
 
 @keras_steps.hookimpl
+def step_arguments():
+    return {"y": "required", "loss": "required"}
+
+
+@keras_steps.hookimpl
 def train_step(model, data, options):
     x, y, sample_weight = _compiled.unpack(data)
     variables = _compiled.trainable_variables(model)
@@ -93,11 +98,6 @@ def train_step(model, data, options):
 
     keras_steps.backprop(sharp_loss, optimizer, variables)
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-
-@keras_steps.hookimpl
-def test_step(model, data):
-    return keras.Model.test_step(model, data)
 
 
 def _unscaled_gradients(loss, optimizer, params):

@@ -119,6 +119,25 @@ def step_optimizer_roles():
     return (OPTIMIZER,)
 
 
+_OWN_LOSS = (
+    "it computes its own loss, reconstruction_loss + kl_weight * kl_loss (options "
+    "reconstruction, reconstruction_reduction, kl_weight)"
+)
+
+
+@keras_steps.hookimpl
+def step_arguments():
+    return {
+        "y": "defaults_to_x",
+        "loss": keras_steps.Refused(_OWN_LOSS),
+        "loss_weights": keras_steps.Refused(_OWN_LOSS),
+        "class_weight": keras_steps.Refused(
+            "it reconstructs its targets, which have no classes; weight examples with "
+            "sample_weight"
+        ),
+    }
+
+
 @keras_steps.hookimpl
 def step_build(options):
     return {
@@ -157,13 +176,6 @@ def test_step(model, data, options):
 
 
 def _losses(model, data, options, training):
-    if model.loss is not None:
-        raise StepError(
-            f"Step {NAME!r} computes its own loss (options reconstruction, "
-            f"reconstruction_reduction, kl_weight); compile it without loss=, got "
-            f"loss={model.loss!r}. (Keras keeps an earlier compile's loss when "
-            "compile is called again without one.)"
-        )
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     target = x if y is None else y
     if isinstance(target, (dict, list, tuple)):

@@ -77,6 +77,30 @@ def step_optimizer_roles():
     return ("generator", "critic")
 
 
+_NO_TARGETS = "the critic scores real images (fit(images)) against generated ones"
+_OWN_LOSSES = (
+    "the step computes the Wasserstein losses with gradient penalty and reports "
+    "d_loss, g_loss, gp and wasserstein"
+)
+
+
+@keras_steps.hookimpl
+def step_arguments():
+    return {
+        "y": keras_steps.Refused(_NO_TARGETS + "; it takes no targets"),
+        "sample_weight": keras_steps.Refused(
+            "the Wasserstein estimate averages real and generated images alike, and "
+            "generated ones have no weights"
+        ),
+        "class_weight": keras_steps.Refused(_NO_TARGETS + "; there are no classes"),
+        "nested_x": keras_steps.Refused("x must be one tensor of real images"),
+        "loss": keras_steps.Refused(_OWN_LOSSES),
+        "loss_weights": keras_steps.Refused(_OWN_LOSSES),
+        "metrics": keras_steps.Refused(_OWN_LOSSES),
+        "weighted_metrics": keras_steps.Refused(_OWN_LOSSES),
+    }
+
+
 @keras_steps.hookimpl
 def step_build(model, options):
     build_networks(model, "wgan-gp", options.latent_dim, "critic")
