@@ -18,6 +18,7 @@ from keras_steps._errors import RoleError, StepError
 from keras_steps._options import StepOptions
 from keras_steps._registry import get_step
 from keras_steps._step import Step
+from keras_steps.callbacks import _learning_rate
 
 __all__ = ["StepModel"]
 
@@ -355,6 +356,9 @@ class StepModel(keras.Model):
         # replays that epoch from its start; resume at the right batch instead.
         args, kwargs = _saving.with_mid_epoch_resume(super().fit, args, kwargs)
         args = inspect.signature(super().fit).bind(*args, **kwargs).arguments
+        # Learning-rate callbacks reach every optimizer role; monitors know
+        # which way the step's trackers improve.
+        args["callbacks"] = _learning_rate.fit_callbacks(self, args.get("callbacks"))
         if _distributed.is_active():
             args = _distributed.fit_arguments(self, args)
         history = super().fit(**args)

@@ -1,0 +1,222 @@
+"""keras_steps.callbacks and Keras's own callbacks on steps with several networks."""
+
+import keras
+import numpy as np
+import pytest
+from _gan_testing import gaussian_2d, mlp
+from test_step_vae import make_data, make_vae
+
+import keras_steps
+from keras_steps import RoleError, StepModel
+from keras_steps.callbacks import ForOptimizers
+
+LR = {"generator": 1e-3, "discriminator": 4e-3}
+
+
+def make_gan(optimizers=None):
+    keras.utils.set_random_seed(7)
+    gan = StepModel(
+        models={"generator": mlp(4, 2, "generator", 8), "discriminator": mlp(2, 1, "d", 8)},
+        step="gan",
+        step_options={"latent_dim": 4},
+    )
+    gan.compile(
+        optimizer=optimizers
+        or {role: keras.optimizers.SGD(lr) for role, lr in LR.items()}
+    )
+    return gan
+
+
+def learning_rates(model):
+    return {
+        role: float(keras.ops.convert_to_numpy(opt.learning_rate))
+        for role, opt in model.optimizers.items()
+    }
+
+
+POINTS = gaussian_2d(64)
+
+
+class RecordLogs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+        self.weights = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(dict(logs))
+        self.weights.append(self.model.get_weights())
+
+
+# -- learning rates -------------------------------------------------------------
+
+
+def test_scheduler_sets_every_role_of_a_gan():
+    gan = make_gan()
+    seen = []
+
+    def schedule(epoch, lr):
+        seen.append(lr)
+        return lr * 0.5
+
+    gan.fit(POINTS, batch_size=32, epochs=3, verbose=0,
+            callbacks=[keras.callbacks.LearningRateScheduler(schedule)])
+    assert learning_rates(gan) == pytest.approx({r: lr / 8 for r, lr in LR.items()})
+    # Called once per role and epoch, with that role's own learning rate.
+    assert sorted(seen[:2]) == pytest.approx(sorted(LR.values()))
+    assert len(seen) == 6
+
+
+def test_reduce_on_plateau_reduces_every_role_of_a_gan():
+    gan = make_gan()
+    record = RecordLogs()
+    # min_delta no loss reaches: every epoch is a plateau.
+    reduce = keras.callbacks.ReduceLROnPlateau(
+        monitor="g_loss", factor=0.1, patience=1, min_delta=1e6
+    )
+    gan.fit(POINTS, batch_size=32, epochs=3, verbose=0, callbacks=[reduce, record])
+    # best set at epoch 1, plateaus at epochs 2 and 3.
+    assert learning_rates(gan) == pytest.approx({r: lr * 0.01 for r, lr in LR.items()})
+    # Keras logs each optimizer's rate.
+    names = {opt.name for opt in gan.optimizers.values()}
+    assert {f"learning_rate_{n}" for n in names} <= set(record.epochs[-1])
+
+
+def test_for_optimizers_limits_a_callback_to_some_roles():
+    gan = make_gan()
+    callback = ForOptimizers(
+        keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.5),
+        roles="discriminator",
+    )
+    gan.fit(POINTS, batch_size=32, epochs=2, verbose=0, callbacks=[callback])
+    assert learning_rates(gan) == pytest.approx(
+        {"generator": LR["generator"], "discriminator": LR["discriminator"] / 4}
+    )
+
+
+def test_for_optimizers_refuses_an_unknown_role():
+    gan = make_gan()
+    callback = ForOptimizers(keras.callbacks.ReduceLROnPlateau(), roles=["critic"])
+    with pytest.raises(RoleError, match=r"'gan'.*roles=\['critic'\].*'generator'"):
+        gan.fit(POINTS, batch_size=32, epochs=1, verbose=0, callbacks=[callback])
+
+
+def test_for_optimizers_refuses_what_is_not_a_callback():
+    with pytest.raises(TypeError, match="keras.callbacks.Callback, got function"):
+        ForOptimizers(lambda epoch: 0.1)
+
+
+def test_group_learning_rate_scales_every_role():
+    # What a Keras version whose callbacks only know model.optimizer.learning_rate
+    # does with the group: read the first role's rate, set a new one.
+    gan = make_gan()
+    callback = ForOptimizers(keras.callbacks.Callback())
+    callback.set_model(gan)
+    group = callback.callback.model.optimizer
+    assert float(keras.ops.convert_to_numpy(group.learning_rate)) == pytest.approx(1e-3)
+    group.learning_rate = 5e-4
+    assert learning_rates(gan) == pytest.approx({r: lr / 2 for r, lr in LR.items()})
+
+
+def test_the_view_passes_stop_training_to_the_model():
+    gan = make_gan()
+    callback = ForOptimizers(keras.callbacks.Callback())
+    callback.set_model(gan)
+    callback.callback.model.stop_training = True
+    assert gan.stop_training is True
+    assert callback.callback.model.step == "gan"
+
+
+def test_lr_callbacks_keep_saving_and_ema_of_a_gan(tmp_path):
+    # model.optimizer stays None for Keras's saving and EMA finalization.
+    gan = make_gan(
+        {r: keras.optimizers.Adam(lr, use_ema=True) for r, lr in LR.items()}
+    )
+    gan.fit(POINTS, batch_size=32, epochs=2, verbose=0,
+            callbacks=[keras.callbacks.LearningRateScheduler(lambda e, lr: lr * 0.5)])
+    assert gan.optimizer is None
+    path = tmp_path / "gan.keras"
+    gan.save(path)
+    loaded = keras.models.load_model(path)
+    assert learning_rates(loaded) == pytest.approx({r: lr / 4 for r, lr in LR.items()})
+
+
+def test_scheduler_on_a_vae():
+    vae = make_vae(optimizer=keras.optimizers.Adam(1e-2))
+    vae.fit(make_data(64), batch_size=32, epochs=2, verbose=0,
+            callbacks=[keras.callbacks.LearningRateScheduler(lambda e, lr: 1e-3 * (e + 1))])
+    assert learning_rates(vae) == pytest.approx({"model": 2e-3})
+
+
+# -- directions of the step's trackers -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make_callback",
+    [
+        lambda: keras.callbacks.EarlyStopping(monitor="val_g_loss", patience=1),
+        lambda: keras.callbacks.ReduceLROnPlateau(monitor="val_g_loss", patience=1),
+    ],
+    ids=["EarlyStopping", "ReduceLROnPlateau"],
+)
+def test_monitoring_a_gan_tracker_needs_no_mode(make_callback):
+    gan = make_gan()
+    callback = make_callback()
+    gan.fit(POINTS, validation_data=(POINTS,), batch_size=32, epochs=2, verbose=0,
+            callbacks=[callback])
+    assert callback.mode == "min"
+
+
+def test_checkpoint_keeps_the_best_vae_by_its_reconstruction_loss(tmp_path):
+    vae = make_vae(optimizer=keras.optimizers.Adam(1e-2))
+    x = make_data(128)
+    path = tmp_path / "best.weights.h5"
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        path, monitor="val_reconstruction_loss", save_best_only=True, save_weights_only=True
+    )
+    record = RecordLogs()
+    vae.fit(x, validation_data=(x[:64],), batch_size=32, epochs=4, verbose=0,
+            callbacks=[checkpoint, record])
+    assert checkpoint.mode == "min"
+    losses = [logs["val_reconstruction_loss"] for logs in record.epochs]
+    assert checkpoint.best == pytest.approx(min(losses))
+    assert losses != sorted(losses, reverse=True), "every epoch improved: nothing tested"
+    best = make_vae()
+    best.load_weights(path)
+    for saved, kept in zip(best.get_weights(), record.weights[int(np.argmin(losses))]):
+        np.testing.assert_array_equal(saved, kept)
+
+
+def test_directions_of_trackers():
+    gan = make_gan()
+    assert keras_steps.callbacks._learning_rate.tracker_directions(gan) == {
+        "d_loss": "down",
+        "g_loss": "down",
+    }
+    model = StepModel(
+        models={"model": mlp(2, 3, "classifier")},
+        step="adversarial",
+    )
+    directions = keras_steps.callbacks._learning_rate.tracker_directions(model)
+    assert directions == {"adv_loss": "down", "adv_accuracy": "up"}
+
+
+def test_a_tracker_of_unknown_direction_still_needs_mode():
+    gan = make_gan()
+    callback = keras.callbacks.EarlyStopping(monitor="val_wasserstein")
+    keras_steps.callbacks._learning_rate.fit_callbacks(gan, [callback])
+    assert callback.mode == "auto"
+
+
+def test_an_explicit_mode_is_kept():
+    gan = make_gan()
+    callback = keras.callbacks.EarlyStopping(monitor="val_g_loss", mode="max")
+    keras_steps.callbacks._learning_rate.fit_callbacks(gan, [callback])
+    assert callback.mode == "max"
+
+
+def test_single_optimizer_callbacks_are_not_wrapped():
+    vae = make_vae()
+    callback = keras.callbacks.ReduceLROnPlateau()
+    assert keras_steps.callbacks._learning_rate.fit_callbacks(vae, [callback]) == [callback]
+    assert np.isfinite(learning_rates(vae)["model"])
