@@ -1,9 +1,13 @@
 """keras_steps.callbacks and Keras's own callbacks on steps with several networks."""
 
+import io
+
 import keras
 import numpy as np
 import pytest
 from _gan_testing import gaussian_2d, mlp
+from PIL import Image
+from tensorboard.backend.event_processing import event_accumulator
 from test_step_vae import make_data, make_vae
 
 import keras_steps
@@ -220,3 +224,153 @@ def test_single_optimizer_callbacks_are_not_wrapped():
     callback = keras.callbacks.ReduceLROnPlateau()
     assert keras_steps.callbacks._learning_rate.fit_callbacks(vae, [callback]) == [callback]
     assert np.isfinite(learning_rates(vae)["model"])
+
+
+# -- TensorBoard -----------------------------------------------------------------
+
+def read_events(folder):
+    events = event_accumulator.EventAccumulator(
+        str(folder), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 0}
+    )
+    events.Reload()
+    return events
+
+
+def scalars(events, tag):
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def image_gan():
+    """A GAN whose generator draws 8x8 grey images (tanh), for the sample grid."""
+    keras.utils.set_random_seed(3)
+    generator = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(64, activation="tanh"),
+         keras.layers.Reshape((8, 8, 1))],
+        name="generator",
+    )
+    discriminator = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(1)],
+        name="discriminator",
+    )
+    gan = StepModel(
+        models={"generator": generator, "discriminator": discriminator},
+        step="gan",
+        step_options={"latent_dim": 4},
+    )
+    gan.compile(optimizer={role: keras.optimizers.SGD(lr) for role, lr in LR.items()})
+    images = np.random.default_rng(0).uniform(-1, 1, size=(64, 8, 8, 1)).astype("float32")
+    return gan, images
+
+
+def test_tensorboard_writes_a_gans_metrics_rates_and_samples(tmp_path):
+    gan, images = image_gan()
+    record = RecordLogs()
+    board = keras_steps.callbacks.TensorBoard(
+        tmp_path, update_freq="batch", images_every=2, max_images=9
+    )
+    scheduler = keras.callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.5)
+    gan.fit(images, validation_data=(images[:32],), batch_size=32, epochs=4, verbose=0,
+            callbacks=[scheduler, board, record])
+
+    train = read_events(tmp_path / "train")
+    for name in ("d_loss", "g_loss"):
+        written = scalars(train, f"epoch_{name}")
+        assert [s for s, _ in written] == [0, 1, 2, 3]
+        assert [v for _, v in written] == pytest.approx([e[name] for e in record.epochs])
+        assert [s for s, _ in scalars(train, f"batch_{name}")] == list(range(1, 9))
+    for role, lr in LR.items():
+        assert [v for _, v in scalars(train, f"epoch_learning_rate/{role}")] == pytest.approx(
+            [lr / 2, lr / 4, lr / 8, lr / 16]
+        )
+    validation = read_events(tmp_path / "validation")
+    assert [v for _, v in scalars(validation, "epoch_g_loss")] == pytest.approx(
+        [e["val_g_loss"] for e in record.epochs]
+    )
+    assert "epoch_val_g_loss" not in train.Tags()["scalars"]
+
+    samples = train.Images("samples")
+    assert [s.step for s in samples] == [1, 3]
+    grid = Image.open(io.BytesIO(samples[-1].encoded_image_string))
+    # 9 images of 8x8: 3x3, with 1-pixel lines between them.
+    assert grid.format == "PNG"
+    assert grid.size == (3 * 8 + 2, 3 * 8 + 2)
+    # The last generator's samples, tanh mapped to [0, 1], at the top left.
+    expected = (gan.predict(np.random.default_rng(0).normal(size=(9, 4)).astype("float32"),
+                            verbose=0)[0, ..., 0] + 1) / 2
+    pixels = np.asarray(grid.convert("L"), dtype="float32")[:8, :8] / 255
+    np.testing.assert_allclose(pixels, expected, atol=1 / 255 + 1e-6)
+
+
+def test_tensorboard_per_epoch_only_by_default(tmp_path):
+    gan = make_gan()  # 2-D points: no images
+    gan.fit(POINTS, batch_size=32, epochs=2, verbose=0,
+            callbacks=[keras_steps.callbacks.TensorBoard(tmp_path)])
+    train = read_events(tmp_path / "train")
+    assert not [t for t in train.Tags()["scalars"] if t.startswith("batch_")]
+    assert train.Tags()["images"] == []
+    assert len(scalars(train, "epoch_g_loss")) == 2
+
+
+def test_tensorboard_every_n_batches(tmp_path):
+    gan = make_gan()
+    gan.fit(gaussian_2d(32 * 6), batch_size=32, epochs=1, verbose=0,
+            callbacks=[keras_steps.callbacks.TensorBoard(tmp_path, update_freq=4)])
+    assert [s for s, _ in scalars(read_events(tmp_path / "train"), "batch_d_loss")] == [4]
+
+
+def test_tensorboard_reconstructions_of_a_vae(tmp_path):
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((4, 4, 1))
+    h = keras.layers.Flatten()(inputs)
+    encoder = keras.Model(inputs, [keras.layers.Dense(2)(h), keras.layers.Dense(2)(h)])
+    z = keras.Input((2,))
+    decoder = keras.Model(
+        z, keras.layers.Reshape((4, 4, 1))(keras.layers.Dense(16, activation="sigmoid")(z))
+    )
+    vae = StepModel(models={"encoder": encoder, "decoder": decoder}, step="vae")
+    vae.compile(optimizer="adam")
+    x = np.random.default_rng(0).uniform(size=(32, 4, 4, 1)).astype("float32")
+    vae.fit(x, batch_size=16, epochs=1, verbose=0,
+            callbacks=[keras_steps.callbacks.TensorBoard(tmp_path, image_inputs=x[:4])])
+    train = read_events(tmp_path / "train")
+    assert [s.step for s in train.Images("samples")] == [0]
+    assert [v for _, v in scalars(train, "epoch_learning_rate/model")] == pytest.approx([1e-3])
+    assert len(scalars(train, "epoch_reconstruction_loss")) == 1
+
+
+def test_tensorboard_refuses_inputs_whose_predictions_are_no_images(tmp_path):
+    vae = make_vae()
+    x = make_data(32)
+    board = keras_steps.callbacks.TensorBoard(tmp_path, image_inputs=x[:4])
+    with pytest.raises(keras_steps.StepError, match=r"'vae'.*returned \(4, 16\)"):
+        vae.fit(x, batch_size=16, epochs=1, verbose=0, callbacks=[board])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"update_freq": "step"}, r"update_freq='step'.*'epoch', 'batch'"),
+        ({"update_freq": 0}, r"update_freq=0"),
+        ({"images_every": -1}, r"images_every=-1.*>= 0"),
+        ({"max_images": 0}, r"max_images=0.*>= 1"),
+    ],
+)
+def test_tensorboard_refuses_bad_arguments(tmp_path, kwargs, message):
+    with pytest.raises(keras_steps.StepError, match=message):
+        keras_steps.callbacks.TensorBoard(tmp_path, **kwargs)
+
+
+def test_tensorboard_without_the_extra_names_it(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.split(".")[0] == "tensorboard":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    monkeypatch.delitem(__import__("sys").modules, "tensorboard")
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'keras-steps\[tensorboard\]'"):
+        keras_steps.callbacks.TensorBoard("logs")

@@ -10,6 +10,7 @@ from keras.src.trainers.data_adapters.data_adapter_utils import (
     unpack_x_y_sample_weight,
 )
 
+import keras_steps.callbacks
 from keras_steps._distributed import _data, _group, _sync
 
 # Callbacks that write files, print, or talk to a server: rank 0's alone.
@@ -20,6 +21,7 @@ _RANK_ZERO_CALLBACKS = (
     keras.callbacks.ProgbarLogger,
     keras.callbacks.RemoteMonitor,
     keras.callbacks.TensorBoard,
+    keras_steps.callbacks.TensorBoard,
     *((keras.callbacks.OrbaxCheckpoint,) if hasattr(keras.callbacks, "OrbaxCheckpoint") else ()),
 )
 
@@ -29,7 +31,15 @@ def _rank_callbacks(callbacks: Any) -> list:
         callbacks = callbacks.callbacks
     callbacks = list(callbacks or [])
     if _group.rank() != 0:
-        callbacks = [cb for cb in callbacks if not isinstance(cb, _RANK_ZERO_CALLBACKS)]
+        callbacks = [
+            cb
+            for cb in callbacks
+            # ForOptimizers(callback) is judged by the callback it runs.
+            if not isinstance(
+                cb.callback if isinstance(cb, keras_steps.callbacks.ForOptimizers) else cb,
+                _RANK_ZERO_CALLBACKS,
+            )
+        ]
     return callbacks
 
 

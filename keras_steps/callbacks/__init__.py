@@ -5,5 +5,6 @@ several networks or optimizers needs. See the "Callbacks" docs page.
 """
 
 from keras_steps.callbacks._learning_rate import ForOptimizers
+from keras_steps.callbacks._tensorboard import TensorBoard
 
-__all__ = ["ForOptimizers"]
+__all__ = ["ForOptimizers", "TensorBoard"]
