@@ -7,20 +7,19 @@ Pick a training algorithm by name instead of overriding ``train_step``::
 
 Steps are pluggy plugins: see :mod:`keras_steps.hookspecs` for the hooks and
 the ``keras_steps`` entry-point group for publishing one.
+
+Importing ``keras_steps`` selects Keras's torch backend (or raises
+``BackendError`` for another); torch and Keras themselves are imported when
+a name of the package is first used, so that ``keras-steps --help`` does
+not wait for them. Under ``torchrun`` everything is imported at once, so
+each process takes its own GPU before any layer is built.
 """
 
-from keras_steps._backend import require_torch_backend
+import importlib as _importlib
+import os as _os
 
-require_torch_backend()
-
-from keras_steps import _distributed  # noqa: E402
-
-# Under torchrun, each process takes its own GPU before any layer is built.
-_distributed.select_device()
-
-from keras_steps._backprop import backprop  # noqa: E402
-from keras_steps._distributed import batch_random  # noqa: E402
-from keras_steps._errors import (  # noqa: E402
+from keras_steps._backend import select_torch_backend as _select_torch_backend
+from keras_steps._errors import (
     BackendError,
     DistributedError,
     OptionsError,
@@ -30,21 +29,30 @@ from keras_steps._errors import (  # noqa: E402
     StepError,
     UnknownStepError,
 )
-from keras_steps._model import StepModel  # noqa: E402
-from keras_steps._options import StepOptions  # noqa: E402
-from keras_steps._registry import (  # noqa: E402
-    ENTRY_POINT_GROUP,
-    PluginLoadWarning,
-    get_step,
-    list_problems,
-    list_steps,
-    register_step,
-    unregister_step,
-)
-from keras_steps._step import Step, StepSource  # noqa: E402
-from keras_steps.hookspecs import hookimpl, hookspec  # noqa: E402
+from keras_steps._version import __version__
 
-__version__ = "0.1.0"
+_select_torch_backend()
+
+# Public name -> the module that defines it, imported on first use (PEP 562).
+# One line per name keeps additions easy to merge.
+_LAZY = {
+    "ENTRY_POINT_GROUP": "keras_steps._registry",
+    "PluginLoadWarning": "keras_steps._registry",
+    "Step": "keras_steps._step",
+    "StepModel": "keras_steps._model",
+    "StepOptions": "keras_steps._options",
+    "StepSource": "keras_steps._step",
+    "backprop": "keras_steps._backprop",
+    "batch_random": "keras_steps._distributed",
+    "callbacks": "keras_steps.callbacks",
+    "get_step": "keras_steps._registry",
+    "hookimpl": "keras_steps.hookspecs",
+    "hookspec": "keras_steps.hookspecs",
+    "list_problems": "keras_steps._registry",
+    "list_steps": "keras_steps._registry",
+    "register_step": "keras_steps._registry",
+    "unregister_step": "keras_steps._registry",
+}
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -64,6 +72,7 @@ __all__ = [
     "__version__",
     "backprop",
     "batch_random",
+    "callbacks",
     "get_step",
     "hookimpl",
     "hookspec",
@@ -72,3 +81,34 @@ __all__ = [
     "register_step",
     "unregister_step",
 ]
+
+
+def _load_torch_side() -> None:
+    """Import Keras and torch: check the backend Keras came up with, pick the GPU."""
+    from keras_steps import _backend, _distributed
+
+    _backend.require_torch_backend()
+    # Under torchrun, each process takes its own GPU before any layer is built.
+    _distributed.select_device()
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'keras_steps' has no attribute {name!r}")
+    _load_torch_side()
+    value = _importlib.import_module(module)
+    if name != module.rsplit(".", 1)[-1]:
+        value = getattr(value, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+if "LOCAL_RANK" in _os.environ:
+    # torchrun: a layer the script builds before touching keras_steps would
+    # otherwise land on GPU 0 in every process.
+    _load_torch_side()

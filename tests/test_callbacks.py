@@ -374,3 +374,15 @@ def test_tensorboard_without_the_extra_names_it(monkeypatch):
     monkeypatch.delitem(__import__("sys").modules, "tensorboard")
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'keras-steps\[tensorboard\]'"):
         keras_steps.callbacks.TensorBoard("logs")
+
+
+def test_only_rank_zero_writes_tensorboard(tmp_path, monkeypatch):
+    from keras_steps._distributed import _group, _run
+
+    board = keras_steps.callbacks.TensorBoard(tmp_path)
+    checkpoint = ForOptimizers(keras.callbacks.ModelCheckpoint(tmp_path / "m.keras"))
+    reduce = keras.callbacks.ReduceLROnPlateau()
+    callbacks = [board, checkpoint, reduce]
+    assert _run._rank_callbacks(callbacks) == callbacks
+    monkeypatch.setattr(_group, "rank", lambda: 1)
+    assert _run._rank_callbacks(callbacks) == [reduce]
