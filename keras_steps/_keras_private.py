@@ -1,4 +1,4 @@
-"""Every use of Keras's private API, in one place (see CONTRIBUTING.md).
+"""Every use of Keras's private API, in one place.
 
 Each function says why the public API does not suffice; the lead reconciles
 the sections other features add.

@@ -46,7 +46,7 @@ class StepModel(keras.Model):
 
     ``model.save`` and ``keras.models.load_model`` keep the step, its options,
     every network, every optimizer's state, the step's metric trackers and
-    random seed state (docs/saving.md). A subclass with its own constructor
+    random seed state (the docs' "Saving and resuming" page). A subclass with its own constructor
     arguments is serialized as in Keras (register it with
     ``keras.saving.register_keras_serializable``); the step and options it
     was saved with are restored whatever its constructor passes.
@@ -71,7 +71,7 @@ class StepModel(keras.Model):
             after ``compile``.
 
     Under ``torchrun`` with several processes, ``fit`` and ``evaluate`` are
-    data-parallel with no change to the script: see ``docs/distributed.md``.
+    data-parallel with no change to the script: see the docs' "Distributed training" page.
 
     Raises:
         UnknownStepError, OptionsError, RoleError: bad ``step``,
@@ -350,7 +350,7 @@ class StepModel(keras.Model):
         There, array data is sharded across ranks (``batch_size`` is per
         rank), rank 0's weights are broadcast first, gradients are averaged
         in every update, History holds metrics over all ranks, and only rank
-        0 prints or writes checkpoints. See ``docs/distributed.md``.
+        0 prints or writes checkpoints. See the docs' "Distributed training" page.
         """
         # BackupAndRestore(save_freq=N) restores mid-epoch weights but Keras
         # replays that epoch from its start; resume at the right batch instead.
