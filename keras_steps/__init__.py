@@ -17,6 +17,7 @@ each process takes its own GPU before any layer is built.
 
 import importlib as _importlib
 import os as _os
+from typing import TYPE_CHECKING
 
 from keras_steps._backend import select_torch_backend as _select_torch_backend
 from keras_steps._errors import (
@@ -33,8 +34,27 @@ from keras_steps._version import __version__
 
 _select_torch_backend()
 
+if TYPE_CHECKING:  # the lazy names, for type checkers and the API docs (griffe)
+    from keras_steps import callbacks
+    from keras_steps._backprop import backprop
+    from keras_steps._distributed import batch_random
+    from keras_steps._model import StepModel
+    from keras_steps._options import StepOptions
+    from keras_steps._registry import (
+        ENTRY_POINT_GROUP,
+        PluginLoadWarning,
+        get_step,
+        list_problems,
+        list_steps,
+        register_step,
+        unregister_step,
+    )
+    from keras_steps._step import Step, StepSource
+    from keras_steps.hookspecs import hookimpl, hookspec
+
 # Public name -> the module that defines it, imported on first use (PEP 562).
-# One line per name keeps additions easy to merge.
+# One line per name keeps additions easy to merge; a new name also goes in
+# the TYPE_CHECKING imports above (tests/test_cli.py checks both agree).
 _LAZY = {
     "ENTRY_POINT_GROUP": "keras_steps._registry",
     "PluginLoadWarning": "keras_steps._registry",

@@ -209,3 +209,23 @@ def test_every_extras_package_has_an_install_hint():
             assert package in known, f"{package} of extra {extra!r} has no entry in MODULE_EXTRAS"
             # A package in two extras is hinted with the one a user installs for it.
             assert known[package] in _extras_in_pyproject(), package
+
+
+def test_the_lazy_names_are_also_imported_for_type_checkers():
+    import ast
+
+    tree = ast.parse(Path(keras_steps.__file__).read_text())
+    (block,) = [
+        node for node in tree.body
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+    ]
+    typed = {
+        (alias.asname or alias.name): (node.module if node.module != "keras_steps"
+                                       else f"keras_steps.{alias.name}")
+        for node in block.body
+        for alias in node.names
+    }
+    assert typed == keras_steps._LAZY
+    assert set(keras_steps._LAZY) <= set(keras_steps.__all__)
+    for name in keras_steps.__all__:
+        assert getattr(keras_steps, name) is not None
