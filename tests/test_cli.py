@@ -4,6 +4,7 @@ import argparse
 import importlib
 import importlib.metadata
 import json
+import os
 import re
 import subprocess
 import sys
@@ -229,3 +230,16 @@ def test_the_lazy_names_are_also_imported_for_type_checkers():
     assert set(keras_steps._LAZY) <= set(keras_steps.__all__)
     for name in keras_steps.__all__:
         assert getattr(keras_steps, name) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("local_rank", "imports_torch"), [(None, False), ("0", True)])
+def test_importing_keras_steps_waits_for_torch_except_under_torchrun(local_rank, imports_torch):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KERAS_BACKEND", "LOCAL_RANK")}
+    if local_rank is not None:
+        env["LOCAL_RANK"] = local_rank  # torchrun's: the GPU must be picked at import
+    code = "import os, sys, keras_steps; print('torch' in sys.modules, os.environ['KERAS_BACKEND'])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(imports_torch), "torch"]
