@@ -386,3 +386,24 @@ def test_only_rank_zero_writes_tensorboard(tmp_path, monkeypatch):
     assert _run._rank_callbacks(callbacks) == callbacks
     monkeypatch.setattr(_group, "rank", lambda: 1)
     assert _run._rank_callbacks(callbacks) == [reduce]
+
+
+def test_swap_ema_weights_evaluates_every_roles_averages():
+    gan = make_gan({r: keras.optimizers.SGD(lr, use_ema=True) for r, lr in LR.items()})
+    seen = {}
+
+    class Weights(keras.callbacks.Callback):
+        def on_test_begin(self, logs=None):
+            seen["evaluated"] = [w.copy() for w in gan.models["generator"].get_weights()]
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen["trained"] = [w.copy() for w in gan.models["generator"].get_weights()]
+
+    # Listed after SwapEMAWeights, Weights sees the averages swapped in for the
+    # evaluation, and the trained weights swapped back at epoch end.
+    swap = keras.callbacks.SwapEMAWeights()
+    gan.fit(POINTS, validation_data=(POINTS,), batch_size=32, epochs=1, verbose=0,
+            callbacks=[swap, Weights()])
+    assert not np.allclose(seen["evaluated"][0], seen["trained"][0])
+    # fit() ends by putting the averages in the weights (no step after evaluation).
+    np.testing.assert_allclose(seen["evaluated"][0], gan.models["generator"].get_weights()[0])

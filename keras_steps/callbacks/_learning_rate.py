@@ -22,11 +22,13 @@ from keras_steps._errors import RoleError
 
 __all__ = ["ForOptimizers"]
 
-# Keras callbacks that change an optimizer's learning rate through
-# model.optimizer: StepModel.fit gives them every optimizer role by itself.
-_LEARNING_RATE_CALLBACKS = (
+# Keras callbacks that act on an optimizer through model.optimizer (its
+# learning rate, its EMA weights): StepModel.fit gives them every optimizer
+# role by itself.
+_OPTIMIZER_CALLBACKS = (
     keras.callbacks.ReduceLROnPlateau,
     keras.callbacks.LearningRateScheduler,
+    keras.callbacks.SwapEMAWeights,
 )
 # Keras callbacks whose mode="auto" must know whether the monitored metric
 # goes up or down.
@@ -43,9 +45,9 @@ class ForOptimizers(keras.callbacks.Callback):
     The wrapped callback sees the model as usual, except that
     ``model.optimizer`` is the group of the chosen roles' optimizers, so
     ``ReduceLROnPlateau`` or ``LearningRateScheduler`` change the learning
-    rate of each of them. ``StepModel.fit`` already wraps those two in
-    ``ForOptimizers(callback)`` (every role) on a step with several
-    optimizer roles; wrap one yourself to limit it to some roles::
+    rate of each of them. ``StepModel.fit`` already wraps those two, and
+    ``SwapEMAWeights``, in ``ForOptimizers(callback)`` (every role) on a step
+    with several optimizer roles; wrap one yourself to limit it to some roles::
 
         keras_steps.callbacks.ForOptimizers(
             keras.callbacks.ReduceLROnPlateau(monitor="g_loss", patience=2),
@@ -185,8 +187,9 @@ def _role_optimizers(model: Any, roles: Sequence[str] | None) -> _RoleOptimizers
 def fit_callbacks(model: Any, callbacks: Any) -> Any:
     """The callbacks ``StepModel.fit`` passes on to Keras.
 
-    On a step with several optimizer roles, each Keras learning-rate
-    callback is wrapped in ``ForOptimizers`` (all roles). For each monitor
+    On a step with several optimizer roles, each of Keras's
+    ``ReduceLROnPlateau``, ``LearningRateScheduler`` and ``SwapEMAWeights``
+    is wrapped in ``ForOptimizers`` (all roles). For each monitor
     callback left at ``mode="auto"`` that watches one of the step's trackers
     (``g_loss``, ``val_g_loss``), the mode is set to the tracker's direction.
 
@@ -210,7 +213,7 @@ def fit_callbacks(model: Any, callbacks: Any) -> Any:
                 inner.mode = "max" if direction == "up" else "min"
     if len(model.optimizers) > 1:
         callbacks = [
-            ForOptimizers(cb) if isinstance(cb, _LEARNING_RATE_CALLBACKS) else cb
+            ForOptimizers(cb) if isinstance(cb, _OPTIMIZER_CALLBACKS) else cb
             for cb in callbacks
         ]
     return callbacks
