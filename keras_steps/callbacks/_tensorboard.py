@@ -44,7 +44,9 @@ class TensorBoard(keras.callbacks.Callback):
     Args:
         log_dir: the folder TensorBoard reads (``tensorboard --logdir log_dir``).
         update_freq: ``"epoch"``, ``"batch"``, or an integer N: also write
-            the training metrics every N batches.
+            the training metrics every N batches (every N executions with
+            ``compile(steps_per_execution=...)``, as Keras calls callbacks
+            once per execution), at step = batches seen.
         images_every: write samples every this many epochs; 0 writes none.
         image_inputs: what ``predict`` is fed for samples, or None (see above).
         max_images: how many samples the grid shows.
