@@ -407,3 +407,16 @@ def test_swap_ema_weights_evaluates_every_roles_averages():
     assert not np.allclose(seen["evaluated"][0], seen["trained"][0])
     # fit() ends by putting the averages in the weights (no step after evaluation).
     np.testing.assert_allclose(seen["evaluated"][0], gan.models["generator"].get_weights()[0])
+
+
+def test_tensorboard_counts_batches_under_fused_execution(tmp_path):
+    gan = make_gan()
+    gan.compile(
+        optimizer={role: keras.optimizers.SGD(lr) for role, lr in LR.items()},
+        steps_per_execution=3,
+    )
+    # 6 batches an epoch, run 3 at a time: callbacks at batches 3, 6, 9, 12.
+    gan.fit(gaussian_2d(32 * 6), batch_size=32, epochs=2, verbose=0,
+            callbacks=[keras_steps.callbacks.TensorBoard(tmp_path, update_freq=4)])
+    steps = [s for s, _ in scalars(read_events(tmp_path / "train"), "batch_d_loss")]
+    assert steps == [6, 9, 12]

@@ -44,9 +44,9 @@ class TensorBoard(keras.callbacks.Callback):
     Args:
         log_dir: the folder TensorBoard reads (``tensorboard --logdir log_dir``).
         update_freq: ``"epoch"``, ``"batch"``, or an integer N: also write
-            the training metrics every N batches (every N executions with
-            ``compile(steps_per_execution=...)``, as Keras calls callbacks
-            once per execution), at step = batches seen.
+            the training metrics every N batches, at step = batches run
+            (with ``compile(steps_per_execution=K)``, Keras calls callbacks
+            once per K batches, so at the first call on or after each N).
         images_every: write samples every this many epochs; 0 writes none.
         image_inputs: what ``predict`` is fed for samples, or None (see above).
         max_images: how many samples the grid shows.
@@ -91,7 +91,6 @@ class TensorBoard(keras.callbacks.Callback):
         self.max_images = max_images
         self.image_seed = image_seed
         self._writers: dict[str, Any] = {}
-        self._batches = 0
 
     # -- writers -----------------------------------------------------------------
     def _writer(self, name: str):
@@ -108,18 +107,26 @@ class TensorBoard(keras.callbacks.Callback):
 
     # -- hooks -----------------------------------------------------------------
     def on_train_begin(self, logs=None):
-        self._batches = 0
+        self._batches = 0  # batches of earlier epochs of this fit()
+        self._seen = 0  # batches run so far
+        self._written = 0  # batches run when batch metrics were last written
         self._inputs = self._sample_inputs()
 
     def on_train_batch_end(self, batch, logs=None):
-        self._batches += 1
-        if self.update_freq == "epoch" or self._batches % self.update_freq:
+        # Keras passes the epoch's index of the last batch run (several per
+        # call under steps_per_execution), so "every N" counts batches.
+        seen = self._seen = self._batches + batch + 1
+        if self.update_freq == "epoch":
             return
+        if seen // self.update_freq == self._written // self.update_freq:
+            return
+        self._written = seen
         writer = self._writer("train")
         for name, value in _scalars(logs).items():
-            writer.add_scalar(f"batch_{name}", value, self._batches)
+            writer.add_scalar(f"batch_{name}", value, seen)
 
     def on_epoch_end(self, epoch, logs=None):
+        self._batches = self._seen
         train, validation = self._writer("train"), self._writer("validation")
         for name, value in _scalars(logs).items():
             if name.startswith("learning_rate"):
