@@ -18,7 +18,7 @@ import keras
 from keras import ops
 
 from keras_steps import _keras_private
-from keras_steps._errors import RoleError
+from keras_steps._errors import RoleError, StepError
 
 __all__ = ["ForOptimizers"]
 
@@ -30,6 +30,10 @@ _OPTIMIZER_CALLBACKS = (
     keras.callbacks.LearningRateScheduler,
     keras.callbacks.SwapEMAWeights,
 )
+# From Keras 3.15, SwapEMAWeights handles a model.optimizer with an
+# ``optimizers`` list; before, it reads attributes of one optimizer only.
+_SWAP_EMA_KNOWS_GROUPS = tuple(int(p) for p in keras.version().split(".")[:2]) >= (3, 15)
+
 # Keras callbacks whose mode="auto" must know whether the monitored metric
 # goes up or down.
 _MONITOR_CALLBACKS = (
@@ -212,6 +216,14 @@ def fit_callbacks(model: Any, callbacks: Any) -> Any:
             if direction is not None:
                 inner.mode = "max" if direction == "up" else "min"
     if len(model.optimizers) > 1:
+        swaps = any(isinstance(cb, keras.callbacks.SwapEMAWeights) for cb in callbacks)
+        if swaps and not _SWAP_EMA_KNOWS_GROUPS:
+            raise StepError(
+                f"Step {model.step!r}: keras.callbacks.SwapEMAWeights on a step with several "
+                f"optimizer roles {list(model.optimizers)} needs Keras 3.15 or later "
+                f"(installed: {keras.version()}); fit() itself still ends with every "
+                "role's EMA averages in the weights."
+            )
         callbacks = [
             ForOptimizers(cb) if isinstance(cb, _OPTIMIZER_CALLBACKS) else cb
             for cb in callbacks
