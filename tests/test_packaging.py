@@ -1,18 +1,21 @@
-"""The sdist and the wheel: metadata, LICENSE, py.typed, twine check, tests from the sdist."""
+"""The sdist and the wheel: metadata, LICENSE, py.typed, twine check, tests from the sdist.
+
+The tests that build the archives are slow; the others read the tree.
+"""
 
 import email
 import os
+import re
 import subprocess
 import sys
 import tarfile
+import tokenize
 import zipfile
 from pathlib import Path
 
 import pytest
 
 import keras_steps
-
-pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,11 +54,13 @@ def _wheel_metadata(wheel):
         return email.message_from_bytes(z.read(name))
 
 
+@pytest.mark.slow
 def test_twine_check_passes_on_both(archives):
     result = _run("-m", "twine", "check", "--strict", *map(str, archives))
     assert result.stdout.count("PASSED") == 2, result.stdout
 
 
+@pytest.mark.slow
 def test_metadata_is_complete(archives):
     meta = _wheel_metadata(archives[1])
     assert meta["Version"] == keras_steps.__version__
@@ -71,6 +76,7 @@ def test_metadata_is_complete(archives):
     assert "tensorboard" in meta.get_all("Provides-Extra")
 
 
+@pytest.mark.slow
 def test_license_and_py_typed_are_in_both(archives):
     license_text = (ROOT / "LICENSE").read_text()
     assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
@@ -92,6 +98,7 @@ def test_the_version_is_written_once():
     assert (ROOT / "keras_steps" / "_version.py").read_text().count(keras_steps.__version__) == 1
 
 
+@pytest.mark.slow
 def test_the_sdist_holds_every_test_and_helper(unpacked_sdist):
     def files(folder):
         return {
@@ -105,6 +112,7 @@ def test_the_sdist_holds_every_test_and_helper(unpacked_sdist):
     assert here <= files(unpacked_sdist / "tests")
 
 
+@pytest.mark.slow
 def test_the_sdists_tests_run_from_it(unpacked_sdist):
     env = {**os.environ, "KERAS_BACKEND": "torch"}
     # Every test module imports from the unpacked tree alone.
@@ -114,3 +122,23 @@ def test_the_sdists_tests_run_from_it(unpacked_sdist):
     # And a few of them pass there.
     _run("-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider",
          "tests/test_cli.py", "tests/test_registry.py", cwd=unpacked_sdist, env=env)
+
+
+REPOSITORY_FOLDER = re.compile(r"\b(docs|tests|benchmarks|scripts)/\S")
+# From Python 3.12 an f-string's text is FSTRING_MIDDLE tokens.
+STRING_TOKENS = {tokenize.STRING, getattr(tokenize, "FSTRING_MIDDLE", tokenize.STRING)}
+
+
+def test_no_docstring_or_message_points_into_a_folder_that_is_not_installed():
+    # Strings only (docstrings, messages): comments are for readers of the repository.
+    installed = [ROOT / "keras_steps", ROOT / "plugins" / "keras_steps_plugins",
+                 ROOT / "keras_steps_pytest"]
+    for folder in installed:
+        for path in folder.rglob("*.py"):
+            with tokenize.open(path) as f:
+                for token in tokenize.generate_tokens(f.readline):
+                    if token.type in STRING_TOKENS:
+                        assert not REPOSITORY_FOLDER.search(token.string), (
+                            f"{path.relative_to(ROOT)}:{token.start[0]} names a folder that is "
+                            f"not installed: {token.string[:200]}"
+                        )
