@@ -58,9 +58,12 @@ class ForOptimizers(keras.callbacks.Callback):
             roles=["generator"],
         )
 
-    On Keras versions whose callbacks only read ``model.optimizer.learning_rate``,
-    the group's learning rate is the first role's, and setting it scales
-    every chosen role's learning rate by the same factor.
+    Keras 3.15 and later change each optimizer of the group from its own
+    learning rate. Earlier versions read and set ``model.optimizer.learning_rate``:
+    the group's is the first chosen role's, and setting it scales every
+    chosen role's learning rate by the same factor (the same result for
+    ``ReduceLROnPlateau`` and for a schedule that multiplies ``lr``).
+    ``SwapEMAWeights`` on several roles needs Keras 3.15.
 
     Args:
         callback: a ``keras.callbacks.Callback``.
