@@ -14,8 +14,10 @@ _HOW_TO = (
 )
 
 
-def require_torch_backend() -> None:
+def select_torch_backend() -> None:
     """Select the torch backend if nothing chose one yet, else insist on it.
+
+    Imports nothing: Keras is checked only if it is already imported.
 
     Raises:
         BackendError: ``KERAS_BACKEND`` names another backend, or Keras was
@@ -28,7 +30,16 @@ def require_torch_backend() -> None:
         os.environ["KERAS_BACKEND"] = "torch"
     elif requested is not None and requested != "torch":
         raise BackendError(f"KERAS_BACKEND is {requested!r}. {_HOW_TO}")
+    if "keras" in sys.modules:
+        require_torch_backend()
 
+
+def require_torch_backend() -> None:
+    """Import Keras and insist that it runs on torch.
+
+    Raises:
+        BackendError: Keras runs on another backend.
+    """
     import keras
 
     active = keras.backend.backend()

@@ -24,7 +24,7 @@ def backprop(loss: Any, optimizer: Any, variables: Sequence[Any]) -> None:
     ``clipnorm``, ``global_clipnorm``, ``gradient_accumulation_steps`` and
     ``use_ema`` apply unchanged. Under ``torchrun`` the optimizer averages
     the gradients over all processes before it applies them (a
-    ``StepModel``'s optimizers do; see ``docs/distributed.md``).
+    ``StepModel``'s optimizers do; see the docs' "Distributed training" page).
 
     Args:
         loss: a scalar torch tensor.

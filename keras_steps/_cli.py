@@ -1,4 +1,8 @@
-"""The ``keras-steps`` command: list, show, check and demo steps."""
+"""The ``keras-steps`` command: list, show, check and demo steps.
+
+``--help`` and ``--version`` must answer at once: nothing here imports torch
+or Keras at module level, and ``keras_steps`` itself imports them lazily.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,10 @@ import pathlib
 import sys
 from typing import Any
 
-__all__ = ["main"]
+from keras_steps import _extras
+from keras_steps._version import __version__
+
+__all__ = ["build_parser", "main"]
 
 
 def _source_dict(step) -> dict[str, Any]:
@@ -155,33 +162,59 @@ def _positive(value: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser: one subcommand per action, each with its help."""
     parser = argparse.ArgumentParser(
-        prog="keras-steps", description="Named Keras training steps (PyTorch backend)."
+        prog="keras-steps",
+        description="Named Keras training steps (PyTorch backend): list the installed "
+        "steps, show one's options, check the plugins, or run a step's demo.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("list", help="list the installed steps")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}",
+        help="print the version of keras-steps and exit",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+        p.set_defaults(func=func)
+        return p
+
+    p = command("list", "list the installed steps and where each comes from", _cmd_list)
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_list)
-    p = sub.add_parser("show", help="show a step's options and roles")
-    p.add_argument("name")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_show)
-    p = sub.add_parser(
-        "check",
-        help="import and validate every installed step plugin; exit 1 on problems",
+    p = command("show", "show a step's options, model roles and optimizer roles", _cmd_show)
+    p.add_argument("name", help="the step's name, as `keras-steps list` shows it")
+    p.add_argument("--json", action="store_true", help="print JSON (with the options' schema)")
+    p = command(
+        "check", "import and validate every installed step plugin; exit 1 on problems", _cmd_check
     )
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_check)
-    p = sub.add_parser("demo", help="train a step on embedded data and draw the result")
-    p.add_argument("name")
+    p = command(
+        "demo",
+        "train a step on embedded data and draw the result (needs the demo extra)",
+        _cmd_demo,
+    )
+    p.add_argument("name", help="the step's name (steps with a demo: keras-steps list)")
     p.add_argument("--epochs", type=_positive, default=None, help="epochs (default: the demo's)")
-    p.add_argument("--steps", type=_positive, default=None, help="batches per epoch")
-    p.add_argument("--output", default="demo-output", help="folder for the pictures")
-    p.set_defaults(func=_cmd_demo)
+    p.add_argument(
+        "--steps", type=_positive, default=None, help="batches per epoch (default: the demo's)"
+    )
+    p.add_argument(
+        "--output", default="demo-output",
+        help="folder for the pictures; each step writes into OUTPUT/STEP (default: demo-output)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line.
+
+    Args:
+        argv: the arguments, without the program name; None reads ``sys.argv``.
+
+    Returns:
+        The exit status: 0 on success, 1 when ``check`` finds problems or an
+        extra the command needs is missing, 2 on a bad step or argument.
+    """
     args = build_parser().parse_args(argv)
     from keras_steps import StepError
 
@@ -190,6 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     except StepError as exc:
         print(f"keras-steps: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:
+        missing = _extras.missing_extra(exc)
+        if missing is None:
+            raise
+        package, hint = missing
+        print(
+            f"keras-steps {args.command}: needs {package}, which is not installed: {hint}",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ __all__ = [
     "keras_sets_sampler_epoch",
     "layers_of",
     "loss_tracker",
+    "metric_direction",
     "optimizer_trainable_variables",
     "seed_generators_of",
     "set_initial_epoch",
@@ -284,3 +285,18 @@ def check_backup_private() -> str | None:
 def backup_position(callback: Any) -> tuple[int, int]:
     """(epoch, last batch seen) that Keras's BackupAndRestore writes to its metadata."""
     return callback._current_epoch, callback._last_batch_seen
+
+
+# -- learning-rate and monitor callbacks ---------------------------------------
+
+
+def metric_direction(metric: Any) -> str | None:
+    """``"up"``, ``"down"`` or None: the direction a Keras metric declares.
+
+    Keras metrics such as ``Accuracy`` or ``MeanSquaredError`` say which way
+    is better in the private ``_direction`` attribute, which is what
+    ``EarlyStopping``/``ModelCheckpoint``/``ReduceLROnPlateau`` read for
+    ``mode="auto"``; there is no public accessor.
+    """
+    direction = getattr(metric, "_direction", None)
+    return direction if direction in ("up", "down") else None

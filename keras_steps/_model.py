@@ -15,6 +15,7 @@ from keras_steps._errors import RoleError, StepError
 from keras_steps._options import StepOptions
 from keras_steps._registry import get_step
 from keras_steps._step import Step
+from keras_steps.callbacks import _learning_rate
 
 __all__ = ["StepModel"]
 
@@ -42,8 +43,9 @@ class StepModel(_private.TrainerHooks, keras.Model):
 
     ``model.save`` and ``keras.models.load_model`` keep the step, its options,
     every network, every optimizer's state, the step's metric trackers and
-    random seed state (docs/saving.md); ``save`` and ``save_weights`` are
-    atomic, so a kill leaves the old file or the new one. A subclass with its own constructor
+    random seed state (the docs' "Saving and resuming" page); ``save`` and
+    ``save_weights`` are atomic, so a kill leaves the old file or the new one.
+    A subclass with its own constructor
     arguments is serialized as in Keras (register it with
     ``keras.saving.register_keras_serializable``); the step and options it
     was saved with are restored whatever its constructor passes.
@@ -68,7 +70,7 @@ class StepModel(_private.TrainerHooks, keras.Model):
             after ``compile``.
 
     Under ``torchrun`` with several processes, ``fit`` and ``evaluate`` are
-    data-parallel with no change to the script: see ``docs/distributed.md``.
+    data-parallel with no change to the script: see the docs' "Distributed training" page.
 
     Raises:
         UnknownStepError, OptionsError, RoleError: bad ``step``,
@@ -469,13 +471,16 @@ class StepModel(_private.TrainerHooks, keras.Model):
         There, array data is sharded across ranks (``batch_size`` is per
         rank), rank 0's weights are broadcast first, gradients are averaged
         in every update, History holds metrics over all ranks, and only rank
-        0 prints or writes checkpoints. See ``docs/distributed.md``.
+        0 prints or writes checkpoints. See the docs' "Distributed training" page.
         """
         # BackupAndRestore(save_freq=N) restores mid-epoch weights but Keras
         # replays that epoch from its start; resume at the right batch instead.
         args, kwargs = _saving.with_mid_epoch_resume(super().fit, args, kwargs)
         args = inspect.signature(super().fit).bind(*args, **kwargs).arguments
         _arguments.check_arguments(self._arguments, "fit", self.loss is not None, args)
+        # Learning-rate callbacks reach every optimizer role; monitors know
+        # which way the step's trackers improve.
+        args["callbacks"] = _learning_rate.fit_callbacks(self, args.get("callbacks"))
         if _distributed.is_active():
             args = _distributed.fit_arguments(self, args)
         history = super().fit(**args)

@@ -137,6 +137,7 @@ def supervised():
             str(OUT / f"ckpt_rank{rank()}.weights.h5"), save_weights_only=True
         ),
         keras.callbacks.CSVLogger(str(OUT / f"log_rank{rank()}.csv")),
+        keras_steps.callbacks.TensorBoard(OUT / f"tensorboard_rank{rank()}"),
     ]
     history = model.fit(
         x,

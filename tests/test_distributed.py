@@ -192,6 +192,8 @@ def test_only_rank_zero_prints_and_writes_files(runs):
     assert (ddp / "log_rank0.csv").exists()
     assert not (ddp / "ckpt_rank1.weights.h5").exists()
     assert not (ddp / "log_rank1.csv").exists()
+    assert list((ddp / "tensorboard_rank0" / "validation").glob("events.out.tfevents.*"))
+    assert not (ddp / "tensorboard_rank1").exists()
     assert out.count("Epoch 1/2") == 1
     # BackupAndRestore: rank 0 kept the backup and every rank resumed at epoch 2.
     for rank in (0, 1):

@@ -6,7 +6,7 @@ data (``_data``), fit and evaluate per rank (``_run``), and per-rank noise
 Nothing here runs unless a ``torch.distributed`` process group is initialised:
 :class:`~keras_steps.StepModel` initialises one when ``torchrun`` started the
 process with ``WORLD_SIZE > 1`` (or uses the one the script made itself).
-See ``docs/distributed.md`` for the design and what was tested.
+See the docs' "Distributed training" page for the design and what was tested.
 
 Why not the ``torch.nn.parallel.DistributedDataParallel`` wrapper: it averages
 gradients only for a forward pass that goes through the wrapper, and steps

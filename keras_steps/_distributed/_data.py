@@ -204,7 +204,8 @@ def warn_unsharded_loader(x: Any) -> None:
         warnings.warn(
             f"keras_steps, rank {_group.rank()} of {_group.world_size()}: this DataLoader has no "
             "DistributedSampler, so every rank reads the same samples. Pass "
-            "sampler=torch.utils.data.DistributedSampler(dataset) (see docs/distributed.md).",
+            "sampler=torch.utils.data.DistributedSampler(dataset) (see the keras-steps docs' "
+            "'Distributed training' page).",
             stacklevel=4,
         )
 

@@ -23,7 +23,7 @@ def batch_random(
     draws for the global batch: W ranks with batch B train like one process
     with batch W * B, noise included.
 
-    Rows are split like the data (see ``docs/distributed.md``): global row
+    Rows are split like the data (see the docs' "Distributed training" page): global row
     ``j * W + rank`` is this rank's row ``j``. A draw made of ``blocks``
     stacked per-example blocks (e.g. labels for ``[fakes; reals]``) is split
     block by block.

@@ -6,6 +6,7 @@ from typing import Any
 
 import keras
 
+import keras_steps.callbacks
 from keras_steps import _keras_private
 from keras_steps._distributed import _data, _group, _presence, _sync
 from keras_steps._errors import DistributedError
@@ -18,6 +19,7 @@ _RANK_ZERO_CALLBACKS = (
     keras.callbacks.ProgbarLogger,
     keras.callbacks.RemoteMonitor,
     keras.callbacks.TensorBoard,
+    keras_steps.callbacks.TensorBoard,
     *((keras.callbacks.OrbaxCheckpoint,) if hasattr(keras.callbacks, "OrbaxCheckpoint") else ()),
 )
 
@@ -27,7 +29,15 @@ def _rank_callbacks(callbacks: Any) -> list:
         callbacks = callbacks.callbacks
     callbacks = list(callbacks or [])
     if _group.rank() != 0:
-        callbacks = [cb for cb in callbacks if not isinstance(cb, _RANK_ZERO_CALLBACKS)]
+        callbacks = [
+            cb
+            for cb in callbacks
+            # ForOptimizers(callback) is judged by the callback it runs.
+            if not isinstance(
+                cb.callback if isinstance(cb, keras_steps.callbacks.ForOptimizers) else cb,
+                _RANK_ZERO_CALLBACKS,
+            )
+        ]
     return callbacks
 
 

@@ -6,7 +6,7 @@ batch of real images gives ``d_steps`` discriminator updates (generated images
 labelled 1, real ones 0, plus uniform label noise) and then one generator
 update through the discriminator, with labels that say "real". With the same
 seed, networks, optimizers and data, the losses are the guide's ``GAN``
-class's to float tolerance; see ``docs/steps/gan.md`` for what differs.
+class's to float tolerance; see the docs' ``gan`` step page for what differs.
 
 Usage::
 
