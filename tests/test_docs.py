@@ -1,26 +1,31 @@
 """The documentation covers every hook and every step, and its code runs.
 
-The site itself is built by ``mkdocs build --strict`` in scripts/test.sh;
-these tests fail fast, with a message saying which page to write.
+The site itself is built by ``mkdocs build --strict`` in scripts/test.sh
+(and by test_site_builds_with_a_third_party_step_installed below); these
+tests fail fast, with a message saying which page to write or fix.
 """
 
 from __future__ import annotations
 
 import ast
+import concurrent.futures
 import importlib.util
+import os
 import pathlib
-import re
+import subprocess
+import sys
 
 import pytest
 from pydantic import Field
+from run_doc_page import page_document
 
 import keras_steps
 from keras_steps import hookimpl, hookspecs
 
 ROOT = pathlib.Path(__file__).parents[1]
 DOCS = ROOT / "docs"
+RUNNER = ROOT / "tests" / "run_doc_page.py"
 OPTIONS_MARKER = "<!-- options-table -->"
-_FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```", re.M | re.S)
 
 
 def _hooks_module():
@@ -30,15 +35,24 @@ def _hooks_module():
     return module
 
 
-def _python_blocks(page: pathlib.Path) -> list[tuple[bool, str]]:
-    """(runnable, code) for each Python block; ``<!-- no-test ...`` skips one."""
-    text = page.read_text()
-    blocks = []
-    for match in _FENCE.finditer(text):
-        before = text[: match.start()].rstrip().splitlines()
-        runnable = not (before and before[-1].startswith("<!-- no-test"))
-        blocks.append((runnable, match.group(1)))
-    return blocks
+def _blocks(page: pathlib.Path) -> list[tuple[str, object]]:
+    """("code", source) for each python block, ("skip", (action, reason)) per marker."""
+    return [
+        ("code", str(e.parsed)) if isinstance(e.parsed, str) else ("skip", e.parsed)
+        for e in page_document(page)
+    ]
+
+
+def _code(page: pathlib.Path) -> list[str]:
+    return [value for kind, value in _blocks(page) if kind == "code"]
+
+
+def _pages_with_code() -> list[str]:
+    pages = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+    return [str(p.relative_to(ROOT)) for p in pages if _code(p)]
+
+
+PAGES = _pages_with_code()
 
 
 @pytest.mark.parametrize("hook", sorted(hookspecs.hook_versions()))
@@ -108,13 +122,20 @@ def test_options_table_is_generated_from_the_schema():
     assert "[`supervised`](supervised.md)" in hooks.steps_table({"supervised"})
 
 
-@pytest.mark.parametrize("page", ["quickstart.md", "customizing.md"])
+KOREAN = sorted(p.name for p in (DOCS / "ko").glob("*.md"))
+
+
+@pytest.mark.parametrize("page", KOREAN)
 def test_korean_pages_have_the_english_code(page):
-    english, korean = _python_blocks(DOCS / page), _python_blocks(DOCS / "ko" / page)
-    assert [r for r, _ in english] == [r for r, _ in korean]
-    for (_, en), (_, ko) in zip(english, korean, strict=True):
-        # Comments and docstrings are translated; the code is the same.
-        assert _without_docstrings(en) == _without_docstrings(ko)
+    english, korean = _blocks(DOCS / page), _blocks(DOCS / "ko" / page)
+    assert [kind for kind, _ in english] == [kind for kind, _ in korean], (
+        f"docs/ko/{page} must have the python blocks and skip markers of docs/{page}, "
+        "in the same order."
+    )
+    for (kind, en), (_, ko) in zip(english, korean, strict=True):
+        if kind == "code":
+            # Comments and docstrings are translated; the code is the same.
+            assert _without_docstrings(en) == _without_docstrings(ko), (page, en)
 
 
 def _without_docstrings(code: str) -> str:
@@ -132,27 +153,106 @@ def _without_docstrings(code: str) -> str:
     return ast.dump(tree)
 
 
+@pytest.mark.parametrize("page", PAGES)
+def test_every_skipped_block_says_why(page):
+    for kind, value in _blocks(ROOT / page):
+        if kind == "skip":
+            action, reason = value
+            assert action == "next" and reason and isinstance(ast.literal_eval(reason), str), (
+                f"{page}: write a skip marker as <!-- skip: next \"why it cannot run\" -->, "
+                f"not {action} {reason}"
+            )
+
+
+def _clean_env(home: pathlib.Path) -> dict[str, str]:
+    """A reader's environment: no backend chosen, an empty HOME."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KERAS", "PYTHON", "TORCH", "MASTER_", "RANK", "WORLD_"))
+    }
+    # Pages run side by side; one thread each keeps them from fighting over cores.
+    return {**env, "HOME": str(home), "OMP_NUM_THREADS": "1"}
+
+
+def _run_page(page: str, folder: pathlib.Path) -> subprocess.CompletedProcess:
+    folder.mkdir(parents=True)
+    # The page's own folder is the working directory, so the files it writes
+    # (checkpoints, pictures) land there.
+    return subprocess.run(
+        [sys.executable, str(RUNNER), str(ROOT / page)],
+        cwd=folder,
+        env=_clean_env(folder),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.fixture(scope="session")
+def page_runs(request, tmp_path_factory):
+    """Every selected page's run, started at once, a few processes at a time."""
+    pages = [
+        item.callspec.params["page"]
+        for item in request.session.items
+        if getattr(item, "originalname", None) == "test_code_on_the_page_runs"
+    ]
+    root = tmp_path_factory.mktemp("pages")
+    jobs = min(len(pages), max(1, len(os.sched_getaffinity(0))))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        yield {
+            page: pool.submit(_run_page, page, root / page.replace("/", "_"))
+            for page in pages
+        }
+        pool.shutdown(cancel_futures=True)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("page", ["quickstart.md", "customizing.md"])
-def test_code_on_the_page_runs(page):
-    namespace: dict = {"__name__": f"docs_{page[:-3]}"}
-    blocks = [code for runnable, code in _python_blocks(DOCS / page) if runnable]
-    assert blocks
-    for code in blocks:
-        exec(compile(code, str(DOCS / page), "exec"), namespace)
+@pytest.mark.parametrize("page", PAGES)
+def test_code_on_the_page_runs(page, page_runs):
+    done = page_runs[page].result()
+    assert done.returncode == 0, (
+        f"A python block of {page} fails in a fresh process (KERAS_BACKEND unset, "
+        f"empty HOME):\n{done.stderr[-6000:]}"
+    )
+
+
+@pytest.mark.slow
+def test_the_page_runner_runs_blocks_in_order_and_skips_only_marked_ones(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "```python\nvalue = 1\n```\n\n"
+        '<!-- skip: next "needs a GPU" -->\n```python\nraise RuntimeError\n```\n\n'
+        "```python\nassert value == 1\nclass A: pass\nprint(A.__module__)\n```\n\n"
+        "```bash\nexit 1\n```\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(RUNNER), str(page)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"{page}:6: skipped: needs a GPU" in done.stderr
+    assert done.stdout == "__main__\n"
+    page.write_text("```python\nvalue = 1\n```\n\n```python\nvalue.missing\n```\n")
+    done = subprocess.run(
+        [sys.executable, str(RUNNER), str(page)], capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert f"{page}:5: this block raised" in done.stderr
+    assert "AttributeError" in done.stderr
 
 
 def test_the_options_error_shown_in_the_guide_is_the_real_one(capsys):
     namespace: dict = {}
-    blocks = [code for _, code in _python_blocks(DOCS / "customizing.md")]
-    (setup,) = [b for b in blocks if "os.environ" in b]
+    blocks = _code(DOCS / "customizing.md")
+    (setup,) = [b for b in blocks if "import keras_steps" in b]
     (huber,) = [b for b in blocks if "class Huber" in b]
     exec(setup, namespace)
     exec(
         "inputs = keras.Input(shape=(32,))\noutputs = keras.layers.Dense(1)(inputs)",
         namespace,
     )
-    exec(huber.replace("model.fit(x, y, epochs=2)", ""), namespace)
+    fit = next(line for line in huber.splitlines() if line.startswith("model.fit("))
+    exec(huber.replace(fit, ""), namespace)
     printed = capsys.readouterr().out.strip()
     shown = (DOCS / "customizing.md").read_text()
     assert f"```text\n{printed}\n```" in shown, printed
