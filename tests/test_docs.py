@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 import pytest
+from plugin_factory import GOOD_STEP, write_distribution
 from pydantic import Field
 from run_doc_page import page_document
 
@@ -64,13 +65,35 @@ def test_every_hook_has_a_reference_entry(hook):
     )
 
 
-@pytest.mark.parametrize("name", [s.name for s in keras_steps.list_steps()])
+def _shipped_steps() -> list[str]:
+    return [s.name for s in keras_steps.list_steps() if _hooks_module().ships_here(s)]
+
+
+@pytest.mark.parametrize("name", _shipped_steps())
 def test_every_step_has_a_page_with_its_options_table(name):
     page = DOCS / "steps" / f"{name}.md"
     assert page.exists(), f"Step {name!r} has no page: write docs/steps/{name}.md."
     assert OPTIONS_MARKER in page.read_text(), (
         f"docs/steps/{name}.md lacks the line {OPTIONS_MARKER}, where the "
         "options table generated from the step's schema goes."
+    )
+
+
+def test_only_a_shipped_step_without_a_page_stops_the_build(tmp_path, caplog):
+    hooks = _hooks_module()
+    keras_steps.register_step(TableStep, name="table-step")
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "steps" / "gan.md").write_text("# gan\n")
+    config = {"docs_dir": str(tmp_path), "nav": [{"Steps": "steps/index.md"}]}
+    with caplog.at_level("INFO", logger="mkdocs.hooks.keras_steps"):
+        hooks.on_config(config)
+    assert config["nav"] == [{"Steps": [{"All steps": "steps/index.md"}, "steps/gan.md"]}]
+    warned = {r.args[0] for r in caplog.records if r.levelname == "WARNING"}
+    assert warned == set(_shipped_steps()) - {"gan"}
+    (listed,) = [r for r in caplog.records if r.args[0] == "table-step"]
+    assert listed.levelname == "INFO"
+    assert "| table-step | local | A step whose options the table shows. |" in (
+        hooks.steps_table({"gan"}).splitlines()
     )
 
 
@@ -256,3 +279,38 @@ def test_the_options_error_shown_in_the_guide_is_the_real_one(capsys):
     printed = capsys.readouterr().out.strip()
     shown = (DOCS / "customizing.md").read_text()
     assert f"```text\n{printed}\n```" in shown, printed
+
+
+@pytest.mark.slow
+def test_site_builds_with_a_third_party_step_installed(tmp_path):
+    # An installed distribution, as pip leaves it: its step has no page here.
+    site = write_distribution(
+        tmp_path,
+        "keras-steps-scaled",
+        {"keras_steps_scaled": GOOD_STEP},
+        {"scaled-mse": "keras_steps_scaled"},
+    )
+    env = {**os.environ, "PYTHONPATH": str(site), "NO_MKDOCS_2_WARNING": "1"}
+    env.pop("KERAS_STEPS_DISABLE_PLUGIN_AUTOLOAD", None)
+    env.pop("KERAS_STEPS_LOAD_PLUGINS", None)
+    out = tmp_path / "html"
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr
+    steps = (out / "steps" / "index.html").read_text()
+    assert "scaled-mse" in steps and "keras-steps-scaled 1.0" in steps
+    # The Korean pages are served as Korean, the English ones as English,
+    # each with a switcher to the other language.
+    for page, lang in [("quickstart", "en"), ("ko/quickstart", "ko"), ("ko/customizing", "ko")]:
+        html = (out / page / "index.html").read_text()
+        assert f'<html lang="{lang}"' in html, page
+        assert 'hreflang="en"' in html and 'hreflang="ko"' in html, page
+    korean = (out / "ko" / "quickstart" / "index.html").read_text()
+    assert 'placeholder="검색"' in korean  # Material's Korean search box
+    assert "빠른 시작" in korean
