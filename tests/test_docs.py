@@ -12,6 +12,7 @@ import concurrent.futures
 import importlib.util
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -95,6 +96,34 @@ def test_only_a_shipped_step_without_a_page_stops_the_build(tmp_path, caplog):
     assert "| table-step | local | A step whose options the table shows. |" in (
         hooks.steps_table({"gan"}).splitlines()
     )
+
+
+def _pictures_script():
+    path = ROOT / "scripts" / "doc_pictures.py"
+    spec = importlib.util.spec_from_file_location("doc_pictures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n for n in _shipped_steps() if keras_steps.get_step(n).hooks.get("step_demo")],
+)
+def test_every_step_page_shows_its_demo_pictures_and_the_command(name):
+    script = _pictures_script()
+    assert name in script.BUDGETS, f"scripts/doc_pictures.py has no budget for {name!r}"
+    text = (DOCS / "steps" / f"{name}.md").read_text()
+    shown = set(re.findall(rf"\]\((pictures/{re.escape(name)}-[\w.-]+\.png)\)", text))
+    stored = {f"pictures/{p.name}" for p in (DOCS / "steps" / "pictures").glob(f"{name}-*.png")}
+    assert shown and shown == stored, (
+        f"docs/steps/{name}.md shows {sorted(shown)}; the demo drew {sorted(stored)} "
+        f"(python scripts/doc_pictures.py {name})"
+    )
+    assert f"`{script.command(name)}`" in text, "the page must say what drew its pictures"
+    for picture in stored:
+        size = (DOCS / "steps" / picture).stat().st_size
+        assert size < 100_000, f"{picture} is {size} bytes; keep pictures small"
 
 
 def test_every_step_page_documents_an_installed_step():
