@@ -335,6 +335,15 @@ def test_site_builds_with_a_third_party_step_installed(tmp_path):
     assert done.returncode == 0, done.stderr
     steps = (out / "steps" / "index.html").read_text()
     assert "scaled-mse" in steps and "keras-steps-scaled 1.0" in steps
+    # Each step page's pictures are in the site, where the page points.
+    pictures = [
+        (page, src)
+        for page in (out / "steps").glob("*/index.html")
+        for src in re.findall(r'<img alt="[^"]*" src="([^"]+)"', page.read_text())
+    ]
+    assert len(pictures) == len(list((DOCS / "steps" / "pictures").glob("*.png")))
+    for page, src in pictures:
+        assert (page.parent / src).resolve().is_file(), (page, src)
     # The Korean pages are served as Korean, the English ones as English,
     # each with a switcher to the other language.
     for page, lang in [("quickstart", "en"), ("ko/quickstart", "ko"), ("ko/customizing", "ko")]:
