@@ -34,6 +34,9 @@ BUDGETS = {
     "wgan-gp": 3,
 }
 
+# Steps whose demo draws nothing, with why.
+NO_PICTURES = {"supervised": "its demo prints the training history"}
+
 
 def command(name: str) -> str:
     """The command line that draws step ``name``'s pictures, as the page shows it."""
