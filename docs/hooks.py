@@ -6,8 +6,10 @@
 - The line ``<!-- steps-table -->`` becomes the list of installed steps.
 - The ``Steps`` entry of the navigation lists ``steps/index.md`` and then
   every other page of ``docs/steps/``, so a new step page needs no nav edit.
-- A registered step without a page is a warning, which fails
-  ``mkdocs build --strict``.
+- A step that ships with keras-steps (core or the catalog) without a page is
+  a warning, which fails ``mkdocs build --strict``. A step from any other
+  installed distribution needs no page here: the list of steps shows it, and
+  the build says so at INFO level, so the site builds whatever is installed.
 - Sphinx roles in docstrings (``:class:`~keras_steps.StepModel```) render as
   code, and a paragraph's closing ``::`` as ``:``, so docstrings written for
   ``help()`` read well on the site too.
@@ -29,6 +31,7 @@ from keras_steps._cli import _options_rows
 
 log = logging.getLogger("mkdocs.hooks.keras_steps")
 
+PROJECT = "keras-steps"
 OPTIONS_MARKER = "<!-- options-table -->"
 STEPS_MARKER = "<!-- steps-table -->"
 STEPS_DIR = "steps"
@@ -90,6 +93,15 @@ def steps_table(pages: set[str]) -> str:
     return "\n".join(lines)
 
 
+def ships_here(step: keras_steps.Step) -> bool:
+    """Whether ``step`` comes with keras-steps itself, so docs/steps/ must document it."""
+    source = step.source
+    if source.kind == "core":
+        return True
+    name = (source.distribution or "").replace("_", "-").replace(".", "-").lower()
+    return source.kind == "plugin" and name == PROJECT
+
+
 def _step_pages(docs_dir: str) -> list[str]:
     folder = pathlib.Path(docs_dir) / STEPS_DIR
     return sorted(p.stem for p in folder.glob("*.md") if p.stem != "index")
@@ -103,15 +115,24 @@ def on_config(config):
                 {"All steps": f"{STEPS_DIR}/index.md"},
                 *(f"{STEPS_DIR}/{name}.md" for name in pages),
             ]
-    missing = sorted({s.name for s in keras_steps.list_steps()} - set(pages))
-    for name in missing:
-        log.warning(
-            "Step %r is installed but has no page docs/%s/%s.md (with a line %s).",
-            name,
-            STEPS_DIR,
-            name,
-            OPTIONS_MARKER,
-        )
+    for step in keras_steps.list_steps():
+        if step.name in pages:
+            continue
+        if ships_here(step):
+            log.warning(
+                "Step %r ships with %s but has no page docs/%s/%s.md (with a line %s).",
+                step.name,
+                PROJECT,
+                STEPS_DIR,
+                step.name,
+                OPTIONS_MARKER,
+            )
+        else:
+            log.info(
+                "Step %r (%s) is installed; the list of steps shows it, without a page.",
+                step.name,
+                step.source,
+            )
     return config
 
 
