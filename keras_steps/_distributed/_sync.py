@@ -9,7 +9,7 @@ import keras
 import torch
 import torch.distributed as dist
 
-from keras_steps._distributed import _group
+from keras_steps._distributed import _group, _overlap
 from keras_steps._errors import StepError
 
 
@@ -37,7 +37,17 @@ def average_gradients(grads: Sequence[Any], variables: Sequence[Any]) -> list[An
     return [None if c == 0 else s / n for s, c in zip(summed, counts.tolist())]
 
 
-def average_gradients_in(optimizer: Any) -> None:
+class GradientSync:
+    """How an optimizer averages: its :class:`~._overlap.OverlappedAverage`, once set up.
+
+    A plain object: Keras would copy a dict set as an optimizer's attribute.
+    """
+
+    def __init__(self) -> None:
+        self.overlapped: _overlap.OverlappedAverage | None = None
+
+
+def average_gradients_in(optimizer: Any, overlap: bool = False) -> None:
     """Make ``optimizer.apply`` average its gradients over ranks first.
 
     Every update goes through ``apply`` (``keras_steps.backprop``, Keras's
@@ -45,10 +55,18 @@ def average_gradients_in(optimizer: Any) -> None:
     ``LossScaleOptimizer`` the outer ``apply`` is wrapped: all ranks then see
     the same gradients and skip a non-finite step together. Idempotent; a
     no-op while no process group is initialised.
+
+    Args:
+        optimizer: a ``keras.optimizers.Optimizer``.
+        overlap: start the all-reduce during ``backward()``, bucket by
+            bucket (:class:`~keras_steps._distributed._overlap.OverlappedAverage`,
+            set up at the first ``apply``); otherwise one flat all-reduce in
+            ``apply``.
     """
     if getattr(optimizer, "_keras_steps_averages_gradients", False):
         return
     local_apply = optimizer.apply
+    state = GradientSync()
 
     def apply(grads, trainable_variables=None):
         if _group.is_active():
@@ -57,12 +75,22 @@ def average_gradients_in(optimizer: Any) -> None:
                 if trainable_variables is None
                 else list(trainable_variables)
             )
-            grads = average_gradients(list(grads), variables)
+            grads = list(grads)
+            if overlap and state.overlapped is None:
+                # Hooks start with the second update: the first one's
+                # backward ran before the variables were known.
+                state.overlapped = _overlap.OverlappedAverage(variables, average_gradients)
+                grads = average_gradients(grads, variables)
+            elif overlap:
+                grads = state.overlapped.average(grads, variables)
+            else:
+                grads = average_gradients(grads, variables)
         return local_apply(grads, trainable_variables)
 
     apply.__doc__ = local_apply.__doc__
     optimizer.apply = apply
     optimizer._keras_steps_averages_gradients = True
+    optimizer._keras_steps_gradient_sync = state
 
 
 def unique(variables: Iterable[Any]) -> list[Any]:
