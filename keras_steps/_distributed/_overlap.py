@@ -39,7 +39,17 @@ BUCKET_BYTES = 25 << 20
 
 
 class _Bucket:
-    __slots__ = ("dirty", "flat", "launched", "params", "positions", "ready", "sent", "work")
+    __slots__ = (
+        "dirty",
+        "flat",
+        "launched",
+        "n_extra",
+        "params",
+        "positions",
+        "ready",
+        "sent",
+        "work",
+    )
 
     def __init__(self, params: list[torch.Tensor], positions: list[int]) -> None:
         self.params = params
@@ -53,9 +63,14 @@ class _Bucket:
         self.sent: list[tuple[torch.Tensor | None, int]] = []
         self.flat: torch.Tensor | None = None
         self.work: Any = None
+        self.n_extra = 0
 
-    def start(self, grads: Sequence[torch.Tensor | None]) -> None:
-        """Copy ``grads`` (one per param, ``None`` for zeros) and start the all-reduce."""
+    def start(self, grads: Sequence[torch.Tensor | None], extra: Sequence[float] = ()) -> None:
+        """Copy ``grads`` (one per param, ``None`` for zeros) and start the all-reduce.
+
+        The flat buffer holds the gradients, one presence count per param,
+        then ``extra``.
+        """
         parts = []
         present = []
         for p, g in zip(self.params, grads):
@@ -66,7 +81,8 @@ class _Bucket:
             )
             present.append(1.0 if g is not None else 0.0)
         dtype, device = self.params[0].dtype, self.params[0].device
-        parts.append(torch.tensor(present, dtype=dtype, device=device))
+        parts.append(torch.tensor([*present, *extra], dtype=dtype, device=device))
+        self.n_extra = len(extra)
         self.flat = torch.cat(parts)
         self.sent = [(g, g._version if g is not None else -1) for g in grads]
         self.work = _group.collective(
@@ -77,9 +93,13 @@ class _Bucket:
     def finish(self) -> None:
         _group.collective("all-reduce of gradients", self.work.wait)
 
+    def extra(self) -> torch.Tensor:
+        return self.flat[self.flat.numel() - self.n_extra :]
+
     def averaged(self, n: int) -> list[torch.Tensor | None]:
         out: list[torch.Tensor | None] = []
-        counts = self.flat[-len(self.params) :].tolist()
+        end = self.flat.numel() - self.n_extra
+        counts = self.flat[end - len(self.params) : end].tolist()
         offset = 0
         for p, count in zip(self.params, counts):
             k = p.numel()
@@ -99,17 +119,18 @@ class OverlappedAverage:
         variables: the Keras variables the optimizer updates.
         fallback: ``fallback(grads, variables)`` averages gradients of
             variables that are not in ``variables``.
-        first_bucket_bytes: size of the first bucket (the last layers).
-        bucket_bytes: size of the other buckets; a tensor larger than this
-            is a bucket of its own.
+        first_bucket_bytes: size of the first bucket (the last layers);
+            default ``FIRST_BUCKET_BYTES``.
+        bucket_bytes: size of the other buckets (default ``BUCKET_BYTES``);
+            a tensor larger than this is a bucket of its own.
     """
 
     def __init__(
         self,
         variables: Sequence[Any],
         fallback: Callable[[list[Any], list[Any]], list[Any]],
-        first_bucket_bytes: int = FIRST_BUCKET_BYTES,
-        bucket_bytes: int = BUCKET_BYTES,
+        first_bucket_bytes: int | None = None,
+        bucket_bytes: int | None = None,
     ) -> None:
         self.variables = list(variables)
         self.fallback = fallback
@@ -119,7 +140,10 @@ class OverlappedAverage:
         self.handles = []
         # Buckets started during backward(), at apply, and all-reduced again.
         self.started = {"backward": 0, "apply": 0, "again": 0}
-        self._make_buckets(first_bucket_bytes, bucket_bytes)
+        self._make_buckets(
+            FIRST_BUCKET_BYTES if first_bucket_bytes is None else first_bucket_bytes,
+            BUCKET_BYTES if bucket_bytes is None else bucket_bytes,
+        )
         for b, bucket in enumerate(self.buckets):
             for slot, p in enumerate(bucket.params):
                 self.index[id(p)] = (b, slot)
@@ -162,12 +186,16 @@ class OverlappedAverage:
             return
         bucket.ready[slot] = True
         # Buckets start in order, so every rank issues them in the same order.
-        while self.next < len(self.buckets) and all(self.buckets[self.next].ready):
+        # The last bucket waits for apply (see average).
+        while self.next < len(self.buckets) - 1 and all(self.buckets[self.next].ready):
             bucket = self.buckets[self.next]
             bucket.start([p.grad for p in bucket.params])
             self.started["backward"] += 1
             self.next += 1
 
+    # Eager even inside a jit_compile step: which buckets to redo depends on
+    # tensor identities and version counters that a traced graph would freeze.
+    @torch.compiler.disable
     def average(self, grads: Sequence[Any], variables: Sequence[Any]) -> list[Any]:
         """The average over ranks of ``grads`` (one per variable of ``variables``)."""
         if not self.buckets:
@@ -179,20 +207,24 @@ class OverlappedAverage:
                 given[id(v.value)] = grads[i]
             else:
                 others.append(i)
+        *early, last = self.buckets
         try:
-            for bucket in self.buckets[self.next :]:
+            for bucket in early[self.next :]:
                 bucket.start([given.get(id(p)) for p in bucket.params])
                 self.started["apply"] += 1
-            self.next = len(self.buckets)
+            # The last bucket (the first layers, ready last) always starts
+            # here, carrying each rank's verdict on the early ones: no extra
+            # collective to agree on which to redo.
+            stale = [1.0 if self._stale(b, given) else 0.0 for b in early]
+            last.start([given.get(id(p)) for p in last.params], extra=stale)
+            self.started["apply"] += 1
             for bucket in self.buckets:
                 bucket.finish()
-            stale = self._stale(given)
-            if stale.any():
-                for bucket, redo in zip(self.buckets, stale.tolist()):
-                    if redo:
-                        bucket.start([given.get(id(p)) for p in bucket.params])
-                        bucket.finish()
-                        self.started["again"] += 1
+            for bucket, votes in zip(early, last.extra().tolist()):
+                if votes > 0:
+                    bucket.start([given.get(id(p)) for p in bucket.params])
+                    bucket.finish()
+                    self.started["again"] += 1
             n = _group.world_size()
             averaged: dict[int, Any] = {}
             for bucket in self.buckets:
@@ -209,17 +241,10 @@ class OverlappedAverage:
                 out[i] = g
         return out
 
-    def _stale(self, given: dict[int, Any]) -> torch.Tensor:
-        """Per bucket, whether any rank sent other gradients than ``apply`` got."""
-        flags = []
-        for bucket in self.buckets:
-            stale = bucket.dirty or any(
-                sent is not given.get(id(p)) or (sent is not None and sent._version != version)
-                for p, (sent, version) in zip(bucket.params, bucket.sent)
-            )
-            flags.append(1.0 if stale else 0.0)
-        device = self.buckets[0].params[0].device if self.buckets else "cpu"
-        (summed,) = _group.all_reduce_sum(
-            "all-reduce of gradient checks", [torch.tensor(flags, device=device)]
+    @staticmethod
+    def _stale(bucket: _Bucket, given: dict[int, Any]) -> bool:
+        """Whether ``bucket`` sent other gradients than ``apply`` got (or ones changed since)."""
+        return bucket.dirty or any(
+            sent is not given.get(id(p)) or (sent is not None and sent._version != version)
+            for p, (sent, version) in zip(bucket.params, bucket.sent)
         )
-        return summed > 0
