@@ -243,8 +243,16 @@ class OverlappedAverage:
 
     @staticmethod
     def _stale(bucket: _Bucket, given: dict[int, Any]) -> bool:
-        """Whether ``bucket`` sent other gradients than ``apply`` got (or ones changed since)."""
-        return bucket.dirty or any(
-            sent is not given.get(id(p)) or (sent is not None and sent._version != version)
+        """Whether ``bucket`` sent other gradients than ``apply`` got, or ones changed since.
+
+        Only the variables this ``apply`` updates count.
+        """
+        return any(
+            id(p) in given
+            and (
+                bucket.dirty
+                or sent is not given[id(p)]
+                or (sent is not None and sent._version != version)
+            )
             for p, (sent, version) in zip(bucket.params, bucket.sent)
         )

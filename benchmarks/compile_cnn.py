@@ -1,0 +1,137 @@
+"""Why ``jit_compile=True`` loses on a CPU CNN: the same network compiled by plain torch.
+
+Run ``.venv/bin/python benchmarks/compile_cnn.py`` (``--workload cnn`` is the
+default; ``--quick`` for a smoke run). In one process, one torch thread,
+contenders take turns for ``--reps`` rounds of ``--steps`` updates each:
+
+* ``torch``: the benchmark's plain torch loop on its ``torch.nn`` network;
+* ``torch compiled``: the same loop with the network wrapped in
+  ``torch.compile(dynamic=False)`` (forward compiled, backward by
+  AOTAutograd, the optimizer eager), as a torch user would compile it;
+* ``torch compiled, NCHW``: the same with inductor's layout optimisation
+  off (``layout_optimization=False``): on CPU with oneDNN, inductor
+  otherwise converts every convolution to channels-last;
+* ``keras_steps`` and ``keras_steps jit``: ``StepModel.fit`` eager and with
+  ``jit_compile=True``, and ``keras_steps jit, NCHW`` with the layout
+  optimisation off while it compiles.
+
+Prints one Markdown table: median ms per step, interquartile range, and the
+ratio to the eager contender of the same framework within each round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pathlib
+import statistics
+import sys
+import time
+import warnings
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+warnings.filterwarnings("ignore", message="Your input ran out of data")
+
+import keras  # noqa: E402
+import torch  # noqa: E402
+import torch._inductor.config as inductor_config  # noqa: E402
+from torch import nn  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import workloads as wl  # noqa: E402
+
+NETS = {"cnn": wl._cnn_torch_net}
+
+
+def _nchw():
+    return inductor_config.patch(layout_optimization=False)
+
+
+def torch_contender(workload, batches, compiled: bool, nchw: bool):
+    torch.manual_seed(0)
+    net = NETS[workload.name]()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    forward = torch.compile(net, dynamic=False) if compiled else net
+
+    def epoch():
+        for x, y in batches:
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(forward(x), y).backward()
+            opt.step()
+
+    with _nchw() if nchw else contextlib.nullcontext():
+        epoch()  # warm-up: compiles
+    return epoch
+
+
+def keras_contender(workload, batches, jit: bool, nchw: bool):
+    keras.utils.set_random_seed(0)
+    model = workload.keras_steps_model(jit_compile=jit)
+    data = wl.loader(batches)
+
+    def epoch():
+        model.fit(data, epochs=1, verbose=0)
+
+    with _nchw() if nchw else contextlib.nullcontext():
+        epoch()  # warm-up: compiles
+    return epoch
+
+
+def quartiles(values):
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workload", default="cnn", choices=sorted(NETS))
+    p.add_argument("--reps", type=int, default=9)
+    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.reps, args.steps = 3, 4
+    torch.set_num_threads(args.threads)
+    workload = wl.WORKLOADS[args.workload]
+    torch_batches = workload.torch_batches(args.steps, "cpu")
+    keras_batches = workload.keras_batches(args.steps, "cpu")
+    start = time.perf_counter()
+    contenders = {
+        "torch": ("torch", torch_contender(workload, torch_batches, False, False)),
+        "torch compiled": ("torch", torch_contender(workload, torch_batches, True, False)),
+        "torch compiled, NCHW": ("torch", torch_contender(workload, torch_batches, True, True)),
+        "keras_steps": ("keras_steps", keras_contender(workload, keras_batches, False, False)),
+        "keras_steps jit": ("keras_steps", keras_contender(workload, keras_batches, True, False)),
+        "keras_steps jit, NCHW": (
+            "keras_steps", keras_contender(workload, keras_batches, True, True)
+        ),
+    }
+    warm_s = time.perf_counter() - start
+    names = list(contenders)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.reps):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            t = time.perf_counter()
+            contenders[name][1]()
+            times[name].append((time.perf_counter() - t) / args.steps * 1e3)
+    print(
+        f"{args.workload}: {args.reps} rounds of {args.steps} steps, {args.threads} thread(s), "
+        f"torch {torch.__version__}, keras {keras.__version__}, load average "
+        f"{os.getloadavg()[0]:.2f} at end; warm-up (compiling) {warm_s:.0f} s\n"
+    )
+    print("| contender | ms/step | IQR % | x eager (same framework) |")
+    print("| --- | ---: | ---: | ---: |")
+    for name in names:
+        q1, med, q3 = quartiles(times[name])
+        ref = contenders[name][0]
+        ratio = quartiles([a / b for a, b in zip(times[name], times[ref])])
+        print(
+            f"| {name} | {med:.2f} | {100 * (q3 - q1) / med:.0f} | "
+            f"{ratio[1]:.2f} ({ratio[0]:.2f}-{ratio[2]:.2f}) |"
+        )
+
+
+if __name__ == "__main__":
+    main()
