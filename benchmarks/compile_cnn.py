@@ -11,9 +11,13 @@ contenders take turns for ``--reps`` rounds of ``--steps`` updates each:
 * ``torch compiled, NCHW``: the same with inductor's layout optimisation
   off (``layout_optimization=False``): on CPU with oneDNN, inductor
   otherwise converts every convolution to channels-last;
+* ``keras`` and ``keras jit``: a plain ``keras.Model`` on the same Keras
+  network, ``fit`` eager and with Keras's own ``jit_compile=True``;
 * ``keras_steps`` and ``keras_steps jit``: ``StepModel.fit`` eager and with
-  ``jit_compile=True``, and ``keras_steps jit, NCHW`` with the layout
-  optimisation off while it compiles.
+  ``jit_compile=True``.
+
+A contender that cannot be built (keras_steps on a Keras it does not
+support yet) is reported and left out.
 
 Prints one Markdown table: median ms per step, interquartile range, and the
 ratio to the eager contender of the same framework within each round.
@@ -65,16 +69,22 @@ def torch_contender(workload, batches, compiled: bool, nchw: bool):
     return epoch
 
 
-def keras_contender(workload, batches, jit: bool, nchw: bool):
+def plain_keras_model(jit_compile):
+    inputs = wl._cnn_input("channels_first")
+    model = keras.Model(inputs, wl._cnn_keras_layers(inputs, "channels_first"))
+    model.compile(**wl._CNN_COMPILE, jit_compile=jit_compile)
+    return model
+
+
+def keras_contender(workload, batches, jit: bool, plain: bool = False):
     keras.utils.set_random_seed(0)
-    model = workload.keras_steps_model(jit_compile=jit)
+    model = plain_keras_model(jit) if plain else workload.keras_steps_model(jit_compile=jit)
     data = wl.loader(batches)
 
     def epoch():
         model.fit(data, epochs=1, verbose=0)
 
-    with _nchw() if nchw else contextlib.nullcontext():
-        epoch()  # warm-up: compiles
+    epoch()  # warm-up: compiles
     return epoch
 
 
@@ -98,19 +108,28 @@ def main(argv=None) -> None:
     torch_batches = workload.torch_batches(args.steps, "cpu")
     keras_batches = workload.keras_batches(args.steps, "cpu")
     start = time.perf_counter()
-    contenders = {
-        "torch": ("torch", torch_contender(workload, torch_batches, False, False)),
-        "torch compiled": ("torch", torch_contender(workload, torch_batches, True, False)),
-        "torch compiled, NCHW": ("torch", torch_contender(workload, torch_batches, True, True)),
-        "keras_steps": ("keras_steps", keras_contender(workload, keras_batches, False, False)),
-        "keras_steps jit": ("keras_steps", keras_contender(workload, keras_batches, True, False)),
-        "keras_steps jit, NCHW": (
-            "keras_steps", keras_contender(workload, keras_batches, True, True)
+    makers = {
+        "torch": ("torch", lambda: torch_contender(workload, torch_batches, False, False)),
+        "torch compiled": ("torch", lambda: torch_contender(workload, torch_batches, True, False)),
+        "torch compiled, NCHW": (
+            "torch", lambda: torch_contender(workload, torch_batches, True, True)
         ),
+        "keras": ("keras", lambda: keras_contender(workload, keras_batches, False, plain=True)),
+        "keras jit": ("keras", lambda: keras_contender(workload, keras_batches, True, plain=True)),
+        "keras_steps": ("keras_steps", lambda: keras_contender(workload, keras_batches, False)),
+        "keras_steps jit": ("keras_steps", lambda: keras_contender(workload, keras_batches, True)),
     }
+    contenders = {}
+    for name, (ref, make) in makers.items():
+        try:
+            contenders[name] = (ref, make())
+        except Exception as exc:  # reported, and the others still run
+            print(f"{name}: left out, {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     warm_s = time.perf_counter() - start
     names = list(contenders)
     times: dict[str, list[float]] = {n: [] for n in names}
+    for ref in ("torch", "keras", "keras_steps"):
+        times.setdefault(ref, [])
     for r in range(args.reps):
         for name in names[r % len(names):] + names[: r % len(names)]:
             t = time.perf_counter()
@@ -126,6 +145,8 @@ def main(argv=None) -> None:
     for name in names:
         q1, med, q3 = quartiles(times[name])
         ref = contenders[name][0]
+        if ref not in times or not times[ref]:
+            ref = name
         ratio = quartiles([a / b for a, b in zip(times[name], times[ref])])
         print(
             f"| {name} | {med:.2f} | {100 * (q3 - q1) / med:.0f} | "

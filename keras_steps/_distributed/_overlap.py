@@ -1,25 +1,31 @@
 """Gradient all-reduce overlapped with the backward pass, in buckets, as DDP's reducer does.
 
-An optimizer's variables are split into buckets (reverse order of the
-variables, as torch's ``DistributedDataParallel``: the last layers' gradients
-are ready first). A post-accumulate-grad hook on each variable's tensor marks
-it ready when ``backward()`` has written its ``.grad``; when every tensor of
-the next bucket in line is ready, that bucket's gradients are copied into one
-flat buffer and an asynchronous ``all_reduce`` starts, while the backward
-pass goes on with earlier layers. ``optimizer.apply`` starts the buckets that
-are still waiting (gradients from ``torch.autograd.grad``, which writes no
-``.grad``; ``None`` gradients), waits for all of them, and checks that each
-early bucket holds exactly the gradients it was given: the same tensors, not
-modified since (a second ``backward()`` into them, an edit in place). A flag
-per bucket, summed over ranks, decides together on every rank which buckets
-to all-reduce again from the given gradients, so the ranks always issue the
-same collectives in the same order whatever each one's hooks saw.
+Turned on by ``KERAS_STEPS_OVERLAP_GRADIENTS=1`` (see ``_sync.overlap_requested``).
+An optimizer's variables are split into buckets in the reverse order of the
+variables, as torch's ``DistributedDataParallel`` does (the last layers'
+gradients are ready first), with DDP's sizes: 1 MiB for the first, 25 MiB for
+the others. A post-accumulate-grad hook on each variable's tensor marks it
+ready when ``backward()`` has written its ``.grad``; when every tensor of the
+next bucket in line is ready, that bucket's gradients are copied into one flat
+buffer and an asynchronous ``all_reduce`` starts while the backward pass goes
+on with earlier layers.
 
-Buckets start in a fixed order and every bucket is all-reduced once per
-``apply`` on every rank, so a rank whose gradient is ``None`` for some
-variable (its hook never fired) sends zeros for it at ``apply`` and still
-meets the others' collectives. Each bucket carries one presence count per
-variable, as :func:`keras_steps._distributed._sync.average_gradients` does.
+``optimizer.apply`` starts the buckets that are still waiting (gradients from
+``torch.autograd.grad``, which writes no ``.grad``; ``None`` gradients) and
+always the last one, waits for all, and checks that each early bucket sent
+exactly the gradients ``apply`` got: the same tensors, not written since (a
+second ``backward()`` into them, an edit in place). Each rank's verdicts
+travel in the last bucket, so every rank all-reduces the same buckets again
+from the given gradients, with no extra collective in the common case.
+
+Every bucket is all-reduced once per ``apply`` on every rank, in a fixed
+order, whatever each rank's hooks saw: a rank whose gradient is ``None`` for
+some variable (its hook never fired) sends zeros for it at ``apply`` and
+still meets the others' collectives. Each bucket carries one presence count
+per variable, as ``_sync.average_gradients`` does, so a gradient stays
+``None`` only where it is ``None`` on every rank. Sums are element by element
+over the same ranks as the single flat all-reduce, so results are bitwise
+those of the after-backward path.
 """
 
 from __future__ import annotations
