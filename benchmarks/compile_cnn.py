@@ -21,6 +21,10 @@ support yet) is reported and left out.
 
 Prints one Markdown table: median ms per step, interquartile range, and the
 ratio to the eager contender of the same framework within each round.
+
+``--profile`` instead profiles one epoch of ``torch`` and of ``torch
+compiled`` with ``torch.profiler`` (inductor's generated kernels named by the
+operators they fuse) and prints the operators that take the most time.
 """
 
 from __future__ import annotations
@@ -88,6 +92,23 @@ def keras_contender(workload, batches, jit: bool, plain: bool = False):
     return epoch
 
 
+def profile(workload, batches, steps, rows=8) -> None:
+    inductor_config.cpp.enable_kernel_profile = True
+    for compiled in (False, True):
+        epoch = torch_contender(workload, batches, compiled, False)
+        with torch.profiler.profile() as prof:
+            epoch()
+        events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in events) / steps / 1e3
+        print(f"\n{'torch compiled' if compiled else 'torch'}: {total:.1f} ms of operator "
+              "time per step (self CPU time, profiled)\n")
+        print("| operator | ms/step | calls/step |")
+        print("| --- | ---: | ---: |")
+        for e in events[:rows]:
+            print(f"| `{e.key[:70]}` | {e.self_cpu_time_total / steps / 1e3:.2f} | "
+                  f"{e.count / steps:g} |")
+
+
 def quartiles(values):
     q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
     return q1, q2, q3
@@ -100,6 +121,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--profile", action="store_true", help="operator profile, torch only")
     args = p.parse_args(argv)
     if args.quick:
         args.reps, args.steps = 3, 4
@@ -107,6 +129,9 @@ def main(argv=None) -> None:
     workload = wl.WORKLOADS[args.workload]
     torch_batches = workload.torch_batches(args.steps, "cpu")
     keras_batches = workload.keras_batches(args.steps, "cpu")
+    if args.profile:
+        profile(workload, torch_batches, args.steps)
+        return
     start = time.perf_counter()
     makers = {
         "torch": ("torch", lambda: torch_contender(workload, torch_batches, False, False)),
