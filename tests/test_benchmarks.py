@@ -1,5 +1,6 @@
 """The benchmark suite runs and writes its table (no timing is checked here)."""
 
+import os
 import pathlib
 import re
 import subprocess
@@ -182,7 +183,9 @@ def test_compile_report_names_the_functions_past_the_recompile_limit():
 
 
 def test_run_keeps_the_sections_other_scripts_wrote(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["run.py"])  # run.py reads its options on import
+    # run.py reads its options and sets KERAS_TORCH_DEVICE on import: undone after the test.
+    monkeypatch.setattr(sys, "argv", ["run.py"])
+    monkeypatch.setenv("KERAS_TORCH_DEVICE", os.environ.get("KERAS_TORCH_DEVICE", "cpu"))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import run
