@@ -127,6 +127,8 @@ def make_runners(batches):
     import torch.distributed as dist
     from torch import nn
 
+    from keras_steps._distributed import _overlap
+
     runners = {}
     models = {}
     for name, overlap in (("keras_1p", None), ("keras_after", False), ("keras_overlap", True)):
@@ -134,8 +136,9 @@ def make_runners(batches):
         models[name] = model
 
         def run(model=model):
-            for x, y in batches:
-                model.train_step((x, y))
+            with _overlap.training():  # as fit()'s train function runs the step
+                for x, y in batches:
+                    model.train_step((x, y))
 
         runners[name] = run
 

@@ -332,6 +332,9 @@ class StepModel(keras.Model):
         self._trained_state = _distributed.TrainedState()
         if self.train_function is None or force:
             self.train_function = _execution.make_train_function(self)
+            if _distributed.is_active():
+                # Overlap hooks start all-reduces only inside the train function.
+                self.train_function = _distributed.during_training(self.train_function)
         return self.train_function
 
     def make_test_function(self, force=False):

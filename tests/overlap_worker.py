@@ -55,8 +55,16 @@ def loss_of(model, x, rank, case):
 def update(model, optimizer, x, rank, case, step):
     variables = model.trainable_variables
     params = [v.value for v in variables]
-    for p in params:
-        p.grad = None
+    if case == "backward_outside_fit" and rank == 0:
+        # Outside a train function: its hooks must start no collective.
+        loss_of(model, x, rank, case).backward()
+    with _overlap.training():  # as fit()'s train function runs it
+        for p in params:
+            p.grad = None
+        _update(model, optimizer, x, rank, case, step, variables, params)
+
+
+def _update(model, optimizer, x, rank, case, step, variables, params):
     if case == "autograd_grad":
         grads = torch.autograd.grad(loss_of(model, x, rank, case), params)
     else:
@@ -74,7 +82,10 @@ def update(model, optimizer, x, rank, case, step):
         optimizer.apply(list(grads), variables)
 
 
-CASES = ("backward", "twice", "autograd_grad", "none_on_rank_1", "edited", "subset")
+CASES = (
+    "backward", "twice", "autograd_grad", "none_on_rank_1", "edited", "subset",
+    "backward_outside_fit",
+)
 
 
 def main() -> None:

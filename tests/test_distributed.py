@@ -139,6 +139,9 @@ def test_overlapped_all_reduce_handles_every_way_to_get_gradients(tmp_path):
     assert first["none_on_rank_1"]["started"]["backward"] == 4
     # A second backward() into sent buckets, or an edit in place on rank 0
     # only, has every rank all-reduce those buckets again.
+    # A backward() outside fit's train function (rank 0 only) starts nothing.
+    for r in ranks:
+        assert r["backward_outside_fit"]["started"] == first["backward"]["started"]
     for r in ranks:
         assert r["twice"]["started"]["again"] == 4
         assert r["edited"]["started"]["again"] == 2

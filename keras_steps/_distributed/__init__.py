@@ -29,6 +29,7 @@ from keras_steps._distributed._group import (
     world_size,
 )
 from keras_steps._distributed._metrics import global_logs
+from keras_steps._distributed._overlap import during_training
 from keras_steps._distributed._random import batch_random
 from keras_steps._distributed._run import evaluate_arguments, fit_arguments
 from keras_steps._distributed._sync import (
@@ -45,6 +46,7 @@ __all__ = [
     "TrainedState",
     "average_gradients_in",
     "batch_random",
+    "during_training",
     "evaluate_arguments",
     "fit_arguments",
     "global_logs",

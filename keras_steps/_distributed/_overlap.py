@@ -30,7 +30,9 @@ those of the after-backward path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -42,6 +44,33 @@ from keras_steps._distributed import _group
 # then 25 MiB ones.
 FIRST_BUCKET_BYTES = 1 << 20
 BUCKET_BYTES = 25 << 20
+
+# Hooks act only inside fit()'s train function: a backward() the user runs
+# elsewhere (on rank 0 only, say) must not start collectives the other ranks
+# never join. A counter, not a thread-local: on a GPU autograd runs hooks on
+# its own threads.
+_training = [0]
+
+
+@contextlib.contextmanager
+def training() -> Iterator[None]:
+    """Let the hooks start all-reduces while this block runs (a train function call)."""
+    _training[0] += 1
+    try:
+        yield
+    finally:
+        _training[0] -= 1
+
+
+def during_training(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a train function) run inside :func:`training`."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with training():
+            return fn(*args, **kwargs)
+
+    return run
 
 
 class _Bucket:
@@ -183,7 +212,7 @@ class OverlappedAverage:
         self.handles = []
 
     def _ready(self, param: torch.Tensor) -> None:
-        if not _group.is_active():
+        if not _training[0] or not _group.is_active():
             return
         b, slot = self.index[id(param)]
         bucket = self.buckets[b]
