@@ -471,7 +471,17 @@ def dispatch_lines(reps: int) -> list[str]:
     return lines + [f"| {k} | {_ratio(v)} |" for k, v in d.items() if isinstance(v, tuple)]
 
 
+# RESULTS.md from this heading on is written by the other scripts
+# (benchmarks/ddp.py, benchmarks/compile_cnn.py): run.py keeps it.
+OTHER_SCRIPTS = "# Results of the other benchmark scripts"
+
+
 def write_results(output: pathlib.Path, info: dict, sections: list[str]) -> None:
+    kept = ""
+    if output.exists():
+        old = output.read_text()
+        if OTHER_SCRIPTS in old:
+            kept = "\n" + old[old.index(OTHER_SCRIPTS) :]
     header = [
         "# Benchmark results",
         "",
@@ -488,7 +498,7 @@ def write_results(output: pathlib.Path, info: dict, sections: list[str]) -> None
         "model building).",
         "",
     ]
-    output.write_text("\n".join(header) + "\n" + "\n\n".join(sections) + "\n")
+    output.write_text("\n".join(header) + "\n" + "\n\n".join(sections) + "\n" + kept)
 
 
 def main() -> None:

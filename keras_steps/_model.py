@@ -448,11 +448,15 @@ class StepModel(_private.TrainerHooks, keras.Model):
     def make_train_function(self, force=False):
         self._build_role_optimizers()
         if _distributed.is_active():
+            overlap = _distributed.overlap_requested()
             for optimizer in self.optimizers.values():
-                _distributed.average_gradients_in(optimizer)
+                _distributed.average_gradients_in(optimizer, overlap=overlap)
         self._trained_state = _distributed.TrainedState()
         if self.train_function is None or force:
             self.train_function = _execution.make_train_function(self)
+            if _distributed.is_active():
+                # Overlap hooks start all-reduces only inside the train function.
+                self.train_function = _distributed.during_training(self.train_function)
         return self.train_function
 
     def make_test_function(self, force=False):

@@ -32,8 +32,13 @@ import torch.distributed as dist
 from resume_worker import Stop, StopAt
 
 import keras_steps
+from keras_steps._distributed import _overlap
 
 keras.config.disable_traceback_filtering()
+if os.environ.get("DDP_TEST_BUCKET_BYTES"):
+    # The tests' networks fit in one bucket, which always starts in apply:
+    # tiny buckets make the overlapped all-reduce start some during backward.
+    _overlap.FIRST_BUCKET_BYTES = _overlap.BUCKET_BYTES = int(os.environ["DDP_TEST_BUCKET_BYTES"])
 
 GLOBAL_BATCH = 16
 LATENT = 3
@@ -69,8 +74,23 @@ def seed_model_init():
 def save(name, model, history=None, **extra):
     arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
     np.savez(OUT / f"{name}_rank{rank()}.npz", **arrays)
-    record = {"history": history.history if history is not None else None, **extra}
+    record = {
+        "history": history.history if history is not None else None,
+        "overlap_started": overlap_started(model),
+        **extra,
+    }
     (OUT / f"{name}_rank{rank()}.json").write_text(json.dumps(record, default=float))
+
+
+def overlap_started(model):
+    """Buckets the overlapped averaging started in backward / apply / again (all optimizers)."""
+    total = {"backward": 0, "apply": 0, "again": 0}
+    for optimizer in getattr(model, "optimizers", {}).values():
+        sync = getattr(optimizer, "_keras_steps_gradient_sync", None)
+        if sync is not None and sync.overlapped is not None:
+            for key, n in sync.overlapped.started.items():
+                total[key] += n
+    return total
 
 
 class WeightTrace(keras.callbacks.Callback):

@@ -1,5 +1,6 @@
 """The benchmark suite runs and writes its table (no timing is checked here)."""
 
+import os
 import pathlib
 import re
 import subprocess
@@ -179,3 +180,22 @@ def test_compile_report_names_the_functions_past_the_recompile_limit():
     assert limited, limited
     for function in limited:  # "name (keras/src/...py:line)": whose code, where
         assert re.fullmatch(r"\w+ \(keras/src/\S+\.py:\d+\)", function), limited
+
+
+def test_run_keeps_the_sections_other_scripts_wrote(tmp_path, monkeypatch):
+    # run.py reads its options and sets KERAS_TORCH_DEVICE on import: undone after the test.
+    monkeypatch.setattr(sys, "argv", ["run.py"])
+    monkeypatch.setenv("KERAS_TORCH_DEVICE", os.environ.get("KERAS_TORCH_DEVICE", "cpu"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import run
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    output = tmp_path / "RESULTS.md"
+    run.write_results(output, {"CPU": "x"}, ["### mlp: old"])
+    tail = f"{run.OTHER_SCRIPTS}\n\n## Gradient synchronisation\n\n| a | b |\n"
+    output.write_text(output.read_text() + "\n" + tail)
+    run.write_results(output, {"CPU": "y"}, ["### mlp: new"])
+    text = output.read_text()
+    assert "### mlp: new" in text and "### mlp: old" not in text and "| CPU | y |" in text
+    assert text.endswith(tail) and text.count(run.OTHER_SCRIPTS) == 1

@@ -83,6 +83,71 @@ def test_two_ranks_train_like_one_process_with_twice_the_batch(runs, name):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def overlapped(runs, tmp_path_factory):
+    """The 2-rank run again, all-reduced during backward() in 16-byte buckets (~1 per tensor)."""
+    out = tmp_path_factory.mktemp("two_ranks_overlapped")
+    code, log = _run(
+        [*TORCHRUN, str(WORKER), "train", str(out)], timeout=600,
+        KERAS_STEPS_OVERLAP_GRADIENTS="1", DDP_TEST_BUCKET_BYTES="16",
+    )
+    assert code == 0, log[-4000:]
+    return runs[0], runs[1], out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    [
+        "supervised", "loader", "mixed", "gan", "wgan_gp", "vae", "adversarial", "distill",
+        "distill_plain", "sam", "mixup", "cutmix", "resume", "resume_fused",
+    ],
+)
+def test_overlapped_all_reduce_trains_exactly_as_after_backward(overlapped, name):
+    _, after, over = overlapped
+    # Each element summed over the same 2 ranks either way: bitwise equal,
+    # and so equal to one process wherever the default path is.
+    for rank in (0, 1):
+        for got, want in zip(_weights(over, name, rank), _weights(after, name, rank), strict=True):
+            np.testing.assert_array_equal(got, want)
+    started = _record(over, name)["overlap_started"]
+    # resume's Dense(3 -> 1) is 16 bytes, one bucket, which always starts in apply.
+    assert started["backward"] > 0 or name.startswith("resume"), started
+    assert started["again"] == 0, started
+
+
+@pytest.mark.slow
+def test_overlapped_all_reduce_handles_every_way_to_get_gradients(tmp_path):
+    code, out = _run(
+        [*TORCHRUN, str(WORKER.with_name("overlap_worker.py")), str(tmp_path)], timeout=240
+    )
+    assert code == 0, out[-4000:]
+    ranks = [_record(tmp_path, "overlap", r) for r in (0, 1)]
+    for case in ranks[0]:
+        for r in ranks:
+            assert r[case]["diff"] == 0.0, case  # bitwise the after-backward result
+            assert r[case]["buckets"] == 3
+        assert ranks[0][case]["weights"] == ranks[1][case]["weights"], case
+    first, other = ranks
+    # Hooks start all but the last bucket during backward() from the second update.
+    assert first["backward"]["started"] == {"backward": 4, "apply": 2, "again": 0}
+    # torch.autograd.grad writes no .grad: every bucket starts in apply.
+    assert first["autograd_grad"]["started"] == {"backward": 0, "apply": 6, "again": 0}
+    # Rank 1 has no gradient for the first bucket's head: nothing starts early
+    # there, yet both ranks meet in the same collectives.
+    assert other["none_on_rank_1"]["started"] == {"backward": 0, "apply": 6, "again": 0}
+    assert first["none_on_rank_1"]["started"]["backward"] == 4
+    # A second backward() into sent buckets, or an edit in place on rank 0
+    # only, has every rank all-reduce those buckets again.
+    # A backward() outside fit's train function (rank 0 only) starts nothing.
+    for r in ranks:
+        assert r["backward_outside_fit"]["started"] == first["backward"]["started"]
+    for r in ranks:
+        assert r["twice"]["started"]["again"] == 4
+        assert r["edited"]["started"]["again"] == 2
+        assert r["subset"]["started"]["again"] == 0
+
+
 @pytest.mark.slow
 def test_mixed_precision_averages_before_the_loss_scale_optimizer(runs):
     ref, ddp, _ = runs
@@ -346,6 +411,22 @@ def test_shards_split_rows_like_a_distributed_sampler(monkeypatch):
     monkeypatch.setattr(_distributed._group, "rank", lambda: 0)
     np.testing.assert_array_equal(_distributed._data.shard(x, drop_remainder=False), [0, 2, 4, 6])
     np.testing.assert_array_equal(_distributed._data.shard(x, drop_remainder=True), [0, 2, 4])
+
+
+@pytest.mark.parametrize("value, expected", [(None, False), ("0", False), ("1", True)])
+def test_overlap_is_asked_for_with_an_environment_variable(monkeypatch, value, expected):
+    if value is None:
+        monkeypatch.delenv(_distributed.OVERLAP_ENV, raising=False)
+    else:
+        monkeypatch.setenv(_distributed.OVERLAP_ENV, value)
+    assert _distributed.overlap_requested() is expected
+
+
+def test_a_bad_overlap_setting_is_refused(monkeypatch):
+    monkeypatch.setenv(_distributed.OVERLAP_ENV, "yes")
+    expected = "KERAS_STEPS_OVERLAP_GRADIENTS is 'yes'"
+    with pytest.raises(keras_steps.DistributedError, match=expected):
+        _distributed.overlap_requested()
 
 
 def test_a_bad_timeout_is_refused(monkeypatch):

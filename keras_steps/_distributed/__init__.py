@@ -29,19 +29,29 @@ from keras_steps._distributed._group import (
     world_size,
 )
 from keras_steps._distributed._metrics import global_logs
+from keras_steps._distributed._overlap import during_training
 from keras_steps._distributed._random import batch_random
 from keras_steps._distributed._run import evaluate_arguments, fit_arguments
-from keras_steps._distributed._sync import TrainedState, average_gradients_in, rank_zero_value
+from keras_steps._distributed._sync import (
+    OVERLAP_ENV,
+    TrainedState,
+    average_gradients_in,
+    overlap_requested,
+    rank_zero_value,
+)
 
 __all__ = [
+    "OVERLAP_ENV",
     "TIMEOUT_ENV",
     "TrainedState",
     "average_gradients_in",
     "batch_random",
+    "during_training",
     "evaluate_arguments",
     "fit_arguments",
     "global_logs",
     "is_active",
+    "overlap_requested",
     "rank",
     "rank_zero_value",
     "select_device",

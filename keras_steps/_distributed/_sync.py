@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -10,8 +11,10 @@ import torch
 import torch.distributed as dist
 
 from keras_steps import _keras_private
-from keras_steps._distributed import _group
-from keras_steps._errors import StepError
+from keras_steps._distributed import _group, _overlap
+from keras_steps._errors import DistributedError, StepError
+
+OVERLAP_ENV = "KERAS_STEPS_OVERLAP_GRADIENTS"
 
 
 def average_gradients(grads: Sequence[Any], variables: Sequence[Any]) -> list[Any]:
@@ -38,7 +41,32 @@ def average_gradients(grads: Sequence[Any], variables: Sequence[Any]) -> list[An
     return [None if c == 0 else s / n for s, c in zip(summed, counts.tolist())]
 
 
-def average_gradients_in(optimizer: Any) -> None:
+def overlap_requested() -> bool:
+    """Whether ``KERAS_STEPS_OVERLAP_GRADIENTS`` asks for the overlapped all-reduce.
+
+    Off by default: on CPU with gloo it measured no faster than one
+    all-reduce after the backward pass (``docs/distributed.md``).
+
+    Raises:
+        DistributedError: the variable is set to anything but ``0`` or ``1``.
+    """
+    raw = os.environ.get(OVERLAP_ENV, "0")
+    if raw not in ("0", "1"):
+        raise DistributedError(f"{OVERLAP_ENV} is {raw!r}; expected 0 (the default) or 1.")
+    return raw == "1"
+
+
+class GradientSync:
+    """How an optimizer averages: its :class:`~._overlap.OverlappedAverage`, once set up.
+
+    A plain object: Keras would copy a dict set as an optimizer's attribute.
+    """
+
+    def __init__(self) -> None:
+        self.overlapped: _overlap.OverlappedAverage | None = None
+
+
+def average_gradients_in(optimizer: Any, overlap: bool = False) -> None:
     """Make ``optimizer.apply`` average its gradients over ranks first.
 
     Every update goes through ``apply`` (``keras_steps.backprop``, Keras's
@@ -46,10 +74,18 @@ def average_gradients_in(optimizer: Any) -> None:
     ``LossScaleOptimizer`` the outer ``apply`` is wrapped: all ranks then see
     the same gradients and skip a non-finite step together. Idempotent; a
     no-op while no process group is initialised.
+
+    Args:
+        optimizer: a ``keras.optimizers.Optimizer``.
+        overlap: start the all-reduce during ``backward()``, bucket by
+            bucket (:class:`~keras_steps._distributed._overlap.OverlappedAverage`,
+            set up at the first ``apply``); otherwise one flat all-reduce in
+            ``apply``.
     """
     if getattr(optimizer, "_keras_steps_averages_gradients", False):
         return
     local_apply = optimizer.apply
+    state = GradientSync()
 
     def apply(grads, trainable_variables=None):
         if _group.is_active():
@@ -58,12 +94,22 @@ def average_gradients_in(optimizer: Any) -> None:
                 if trainable_variables is None
                 else list(trainable_variables)
             )
-            grads = average_gradients(list(grads), variables)
+            grads = list(grads)
+            if overlap and state.overlapped is None:
+                # Hooks start with the second update: the first one's
+                # backward ran before the variables were known.
+                state.overlapped = _overlap.OverlappedAverage(variables, average_gradients)
+                grads = average_gradients(grads, variables)
+            elif overlap:
+                grads = state.overlapped.average(grads, variables)
+            else:
+                grads = average_gradients(grads, variables)
         return local_apply(grads, trainable_variables)
 
     apply.__doc__ = local_apply.__doc__
     optimizer.apply = apply
     optimizer._keras_steps_averages_gradients = True
+    optimizer._keras_steps_gradient_sync = state
 
 
 def unique(variables: Iterable[Any]) -> list[Any]:
