@@ -221,30 +221,33 @@ class StepModel(_private.TrainerHooks, keras.Model):
         return {id(v) for role in step.frozen_roles for v in networks[role].variables}
 
     # Without frozen roles these are Keras's own lists, untouched: steps read
-    # them inside compiled train steps.
+    # them inside compiled train steps. keras.Model's properties are called
+    # directly, not through super(): dynamo (torch 2.13) fails to resume a
+    # frame after a graph break once it has traced a super() property call,
+    # and then ran Keras's whole train step eagerly.
     @property
     def trainable_weights(self):
-        weights = super().trainable_weights
+        weights = keras.Model.trainable_weights.fget(self)
         frozen = self._frozen_variable_ids()
         return [v for v in weights if id(v) not in frozen] if frozen else weights
 
     @property
     def trainable_variables(self):
-        variables = super().trainable_variables
+        variables = keras.Model.trainable_variables.fget(self)
         frozen = self._frozen_variable_ids()
         return [v for v in variables if id(v) not in frozen] if frozen else variables
 
     @property
     def non_trainable_weights(self):
         if not self._frozen_variable_ids():
-            return super().non_trainable_weights
+            return keras.Model.non_trainable_weights.fget(self)
         trainable = {id(v) for v in self.trainable_weights}
         return [v for v in self.weights if id(v) not in trainable]
 
     @property
     def non_trainable_variables(self):
         if not self._frozen_variable_ids():
-            return super().non_trainable_variables
+            return keras.Model.non_trainable_variables.fget(self)
         trainable = {id(v) for v in self.trainable_variables}
         return [v for v in self.variables if id(v) not in trainable]
 
