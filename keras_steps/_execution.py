@@ -82,9 +82,20 @@ def _maybe_compile(model: Any, fn: Callable) -> Callable:
 def _is_compile_failure(exc: BaseException) -> bool:
     # Dynamo's own errors, and the RuntimeErrors its backends raise for what
     # they do not support (double backward under AOTAutograd, for one).
+    # With Keras 3.12 the same double backward fails inside AOTAutograd's
+    # runtime instead, with no mention of torch.compile: an error raised
+    # there is a compile failure too.
     return isinstance(exc, torch._dynamo.exc.TorchDynamoException) or (
-        isinstance(exc, RuntimeError) and "torch.compile" in str(exc)
+        isinstance(exc, RuntimeError)
+        and ("torch.compile" in str(exc) or _raised_in_aot_autograd(exc))
     )
+
+
+def _raised_in_aot_autograd(exc: BaseException) -> bool:
+    tb, where = exc.__traceback__, ""
+    while tb is not None:
+        where, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    return "_aot_autograd" in where.replace("\\", "/")
 
 
 def make_train_function(model: Any) -> Callable[[list], Any]:

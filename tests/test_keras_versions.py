@@ -11,6 +11,9 @@ values on two ranks.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -137,3 +140,44 @@ def test_fused_and_compiled_steps_use_keras_steps_functions(monkeypatch):
     eager = _model(steps_per_execution=2, jit_compile=False)
     eager.fit(x, y, batch_size=4, epochs=1, verbose=0)
     assert compiled == [("train_step", False)]
+
+
+# -- what CI runs on the other Keras versions ------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _script_pin(name):
+    text = (ROOT / "scripts" / "test-keras-versions.sh").read_text()
+    (line,) = [ln for ln in text.splitlines() if ln.startswith(f"{name}=")]
+    return line.split("=", 1)[1].strip('"')
+
+
+def test_the_subset_names_tests_that_exist():
+    entries = [
+        ln.strip()
+        for ln in (ROOT / "tests" / "keras_versions_subset.txt").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    assert "tests/test_distributed.py" in entries and "tests/test_saving.py" in entries
+    for entry in entries:
+        path, _, test = entry.partition("::")
+        assert (ROOT / path).is_file(), entry
+        if test:
+            assert f"def {test}(" in (ROOT / path).read_text(), entry
+
+
+def test_the_lowest_keras_tested_is_the_floor_pyproject_admits():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    (floor,) = re.findall(r'"keras>=([\d.]+),<[\d.]+"', pyproject)
+    lowest = _script_pin("LOWEST")
+    assert lowest == f"keras=={floor}.0"
+    assert _script_pin("NIGHTLY").startswith("keras-nightly==")
+    readme = (ROOT / "README.md").read_text()
+    assert f"{floor}.0\n(lowest)" in readme or f"{floor}.0 (lowest)" in readme
+
+
+def test_ci_runs_the_readme_commands():
+    ci = (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for command in ("bash scripts/test.sh", "bash scripts/test-keras-versions.sh"):
+        assert command in ci and command in readme, command
