@@ -208,14 +208,19 @@ def kill_backups(workdir: str, use_keras: bool) -> dict:
     for i in range(KILLS):
         directory = os.path.join(workdir, f"b{i}")
         delay = SPAN * duration * i / (KILLS - 1)
+        finished = os.path.join(workdir, f"finished{i}")
         pid = os.fork()
         if pid == 0:
             try:
                 backup_fit(build(), make_backup(directory, use_keras), [KillDuringBackup(delay)])
+                # A late kill time can outlast the rest of the run; the timer
+                # still ends the process, after the backup was cleaned up.
+                open(finished, "w").close()
+                time.sleep(60)
             finally:
                 os._exit(0)
         _, status = os.waitpid(pid, 0)
-        killed = os.WIFSIGNALED(status)
+        killed = os.WIFSIGNALED(status) and not os.path.exists(finished)
         position = None
         record = os.path.join(directory, "training_metadata.json")
         if os.path.exists(record):
