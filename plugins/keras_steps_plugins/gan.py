@@ -19,6 +19,12 @@ Usage::
                            "discriminator": keras.optimizers.Adam(3e-4)})
     gan.fit(images, batch_size=64, epochs=1)
     samples = gan.predict(latents)  # generated images
+
+``compile(loss=...)`` replaces the adversarial loss of both networks (default
+``BinaryCrossentropy(from_logits=True)``, the seed's ``loss_fn``); a
+discriminator ending in a sigmoid takes ``BinaryCrossentropy()`` with
+``label_noise=0``. ``y``, weights, metrics and nested inputs are refused
+(``step_arguments``).
 """
 
 from __future__ import annotations
