@@ -19,7 +19,7 @@ import sys
 import pytest
 from plugin_factory import GOOD_STEP, write_distribution
 from pydantic import Field
-from run_doc_page import page_document
+from run_doc_page import SKIP, page_document
 
 import keras_steps
 from keras_steps import hookimpl, hookspecs
@@ -40,7 +40,7 @@ def _hooks_module():
 def _blocks(page: pathlib.Path) -> list[tuple[str, object]]:
     """("code", source) for each python block, ("skip", (action, reason)) per marker."""
     return [
-        ("code", str(e.parsed)) if isinstance(e.parsed, str) else ("skip", e.parsed)
+        ("skip", e.parsed) if e.region.evaluator is SKIP.skipper else ("code", str(e.parsed))
         for e in page_document(page)
     ]
 
