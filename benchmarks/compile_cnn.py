@@ -11,6 +11,10 @@ contenders take turns for ``--reps`` rounds of ``--steps`` updates each:
 * ``torch compiled, NCHW``: the same with inductor's layout optimisation
   off (``layout_optimization=False``): on CPU with oneDNN, inductor
   otherwise converts every convolution to channels-last;
+* ``torch compiled, backward traced``: forward, loss and
+  ``torch.autograd.grad`` compiled as one function with dynamo's
+  ``trace_autograd_ops`` (one graph, no break at the backward pass, as
+  keras-nightly's own ``train_step`` does under ``jit_compile``), Adam eager;
 * ``keras`` and ``keras jit``: a plain ``keras.Model`` on the same Keras
   network, ``fit`` eager and with Keras's own ``jit_compile=True``;
 * ``keras_steps`` and ``keras_steps jit``: ``StepModel.fit`` eager and with
@@ -43,6 +47,7 @@ warnings.filterwarnings("ignore", message="Your input ran out of data")
 
 import keras  # noqa: E402
 import torch  # noqa: E402
+import torch._dynamo  # noqa: E402
 import torch._inductor.config as inductor_config  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -56,16 +61,28 @@ def _nchw():
     return inductor_config.patch(layout_optimization=False)
 
 
-def torch_contender(workload, batches, compiled: bool, nchw: bool):
+def torch_contender(workload, batches, compiled: bool, nchw: bool, traced: bool = False):
     torch.manual_seed(0)
     net = NETS[workload.name]()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    forward = torch.compile(net, dynamic=False) if compiled else net
+    params = list(net.parameters())
+    forward = torch.compile(net, dynamic=False) if compiled and not traced else net
+
+    def grads(x, y):
+        return torch.autograd.grad(nn.functional.cross_entropy(net(x), y), params)
+
+    traced_grads = torch._dynamo.config.patch(trace_autograd_ops=True)(
+        torch.compile(grads, dynamic=False)
+    )
 
     def epoch():
         for x, y in batches:
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(forward(x), y).backward()
+            if traced:
+                for p, g in zip(params, traced_grads(x, y)):
+                    p.grad = g
+            else:
+                opt.zero_grad(set_to_none=True)
+                nn.functional.cross_entropy(forward(x), y).backward()
             opt.step()
 
     with _nchw() if nchw else contextlib.nullcontext():
@@ -138,6 +155,9 @@ def main(argv=None) -> None:
         "torch compiled": ("torch", lambda: torch_contender(workload, torch_batches, True, False)),
         "torch compiled, NCHW": (
             "torch", lambda: torch_contender(workload, torch_batches, True, True)
+        ),
+        "torch compiled, backward traced": (
+            "torch", lambda: torch_contender(workload, torch_batches, True, False, traced=True)
         ),
         "keras": ("keras", lambda: keras_contender(workload, keras_batches, False, plain=True)),
         "keras jit": ("keras", lambda: keras_contender(workload, keras_batches, True, plain=True)),

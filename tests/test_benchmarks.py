@@ -199,3 +199,25 @@ def test_run_keeps_the_sections_other_scripts_wrote(tmp_path, monkeypatch):
     text = output.read_text()
     assert "### mlp: new" in text and "### mlp: old" not in text and "| CPU | y |" in text
     assert text.endswith(tail) and text.count(run.OTHER_SCRIPTS) == 1
+
+
+@pytest.mark.slow
+def test_ddp_benchmark_compares_the_three_ways_on_two_ranks(tmp_path):
+    output = tmp_path / "ddp.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ddp.py"), "--quick", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = output.read_text()
+    for row in ("keras 1 process", "keras after backward", "keras overlapped", "torch DDP"):
+        assert f"| {row}" in text
+    # The overlapped contender really overlapped, and trained exactly like the default.
+    started = re.search(
+        r"started during backward (\d+), at apply (\d+), all-reduced again (\d+)", text
+    )
+    assert started and int(started[1]) > 0 and started[3] == "0", text
+    assert "at most 0.0e+00 apart" in text

@@ -1,7 +1,7 @@
 """Data-parallel ``fit()`` under ``torchrun``: the process group (``_group``),
 ranks kept equal (``_sync``), metrics over ranks (``_metrics``), each rank's
-data (``_data``), fit and evaluate per rank (``_run``), and per-rank noise
-(``_random``).
+data (``_data``), fit and evaluate per rank (``_run``), per-rank noise
+(``_random``), and the all-reduce overlapped with the backward pass (``_overlap``).
 
 Nothing here runs unless a ``torch.distributed`` process group is initialised:
 :class:`~keras_steps.StepModel` initialises one when ``torchrun`` started the
@@ -18,6 +18,10 @@ buckets before the optimizer uses it. Here the averaging happens in
 ``optimizer.apply``, which every update goes through whatever the step did
 to get its gradients (``keras_steps.backprop``, Keras's ``train_step``,
 ``torch.autograd.grad`` with a double backward, several phases per batch).
+With ``KERAS_STEPS_OVERLAP_GRADIENTS=1`` it starts earlier, bucket by bucket,
+from hooks on the variables during ``backward()``, as DDP's reducer does
+(``_overlap``), with the same results; off by default, since it measured no
+faster on CPU with gloo.
 """
 
 from keras_steps._distributed._group import (
