@@ -22,9 +22,11 @@ MODULE_EXTRAS: dict[str, tuple[str, str]] = {
     "setuptools": ("setuptools", "dev"),
     "build": ("build", "dev"),
     "twine": ("twine", "dev"),
+    "sybil": ("sybil", "dev"),
     "mkdocs": ("mkdocs", "docs"),
     "material": ("mkdocs-material", "docs"),
     "mkdocstrings": ("mkdocstrings", "docs"),
+    "mkdocs_static_i18n": ("mkdocs-static-i18n", "docs"),
     "lightning": ("lightning", "bench"),
 }
 

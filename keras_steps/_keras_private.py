@@ -272,7 +272,13 @@ def ask_to_proceed_with_overwrite(filepath: str) -> bool:
 
 #: What keras_steps.callbacks.BackupAndRestore overrides or reads in Keras's
 #: callback: how it writes and reads one backup, and its position counters.
-BACKUP_PRIVATE = ("_save_model", "_load_model", "_current_epoch", "_last_batch_seen")
+BACKUP_PRIVATE = (
+    "_save_model",
+    "_load_model",
+    "_current_epoch",
+    "_last_batch_seen",
+    "_training_metadata_path",
+)
 
 
 def check_backup_private() -> str | None:

@@ -388,9 +388,8 @@ class StepModel(_private.TrainerHooks, keras.Model):
         )
         if own_loss:
             # Kept from Keras's CompileLoss, whose symbolic build would feed
-            # the batch to the networks; saved in the compile config as given.
+            # the batch to the networks; get_compile_config saves it.
             self.loss = loss
-            self._compile_config.config["loss"] = loss
         if role_optimizers:
             if auto_scale_loss and self.dtype_policy.name == "mixed_float16":
                 role_optimizers = {
@@ -407,11 +406,16 @@ class StepModel(_private.TrainerHooks, keras.Model):
     def get_compile_config(self):
         """``compile()``'s arguments for saving, with one optimizer per role."""
         config = super().get_compile_config()
-        if config is not None and self._step_optimizers:
+        if config is None:
+            return config
+        if self._step_optimizers:
             # keras.Model.compile got optimizer=None for a multi-role step.
             config["optimizer"] = keras.saving.serialize_keras_object(
                 dict(self._step_optimizers)
             )
+        if self._arguments.owns_loss and self.loss is not None:
+            # keras.Model.compile got loss=None for a step that owns its loss.
+            config["loss"] = keras.saving.serialize_keras_object(self.loss)
         return config
 
     def _split_optimizers(self, optimizer, roles):

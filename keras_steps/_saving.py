@@ -201,8 +201,8 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     Raises:
         DamagedFileError: the file exists but is truncated or not a Keras
             file; Keras itself would say "File not found".
-        StepError: the saved step or its options cannot be used (see
-            docs/saving.md).
+        StepError: the saved step or its options cannot be used (see the
+            "Saving and resuming" page of the documentation).
     """
     check_not_damaged(filepath)
     return keras.models.load_model(
@@ -646,7 +646,8 @@ def with_mid_epoch_resume(fit, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
                 "keras.callbacks.BackupAndRestore can leave a backup that cannot be "
                 "resumed, or that resumes at the wrong epoch, if the process is killed "
                 "while it writes. keras_steps.callbacks.BackupAndRestore takes the "
-                "same arguments and survives a kill at any moment (docs/saving.md).",
+                "same arguments and survives a kill at any moment (see the 'Saving and "
+                "resuming' page of the documentation).",
                 UserWarning,
                 stacklevel=3,
             )

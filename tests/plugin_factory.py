@@ -49,16 +49,18 @@ def test_step(model, data, options):
 def readme_step() -> str:
     """The README's "Writing a step" example as the module a package would publish.
 
-    Its last line, ``register_step(...)``, is for scripts and notebooks: an
-    installed package declares the class as an entry point instead.
+    Everything from its ``register_step(...)`` line on (registering and using
+    the step in a script or notebook) is left out: an installed package
+    declares the class as an entry point instead.
     """
     readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
     section = readme.split("## Writing a step", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert "class ScaledMSE" in code and "def step_options(self)" in code
     lines = code.splitlines()
-    assert lines[-1].startswith("keras_steps.register_step(ScaledMSE()")
-    return "\n".join(lines[:-1]) + "\n"
+    register = [i for i, line in enumerate(lines) if line.startswith("keras_steps.register_step(")]
+    assert register and lines[register[0]].startswith("keras_steps.register_step(ScaledMSE()")
+    return "\n".join(lines[: register[0]]) + "\n"
 
 
 def write_distribution(

@@ -105,7 +105,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
             "serial": serial,
             "format": _FORMAT,
         }
-        _atomic.write_bytes(self._training_metadata_path, json.dumps(record).encode())
+        _atomic.write_bytes(_keras_private.backup_metadata_path(self), json.dumps(record).encode())
         self._remove_stale(keep=name)
 
     def _remove_stale(self, keep: str) -> None:
@@ -120,7 +120,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
 
     # -- reading ---------------------------------------------------------------
     def _read_record(self) -> dict | None:
-        path = self._training_metadata_path
+        path = _keras_private.backup_metadata_path(self)
         if not os.path.exists(path):
             return None
         with open(path, "rb") as f:
@@ -148,7 +148,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     def _damaged(self, why: str) -> DamagedFileError:
         return DamagedFileError(
             f"BackupAndRestore({self.backup_dir!r}): the backup record "
-            f"{self._training_metadata_path!r} is damaged: {why}. This callback "
+            f"{_keras_private.backup_metadata_path(self)!r} is damaged: {why}. This callback "
             "writes it atomically, so something else changed it; delete the "
             "directory to start over."
         )
