@@ -208,49 +208,6 @@ class StepModel(_private.TrainerHooks, keras.Model):
         """
         return _private.loss_tracker(self)
 
-    # -- frozen roles (step_frozen_roles) -------------------------------------
-    # The networks of frozen roles stay out of the trainable weights of this
-    # model only: their variables' own flags, which the user's network shares,
-    # are left alone, so the network trains as before in any other model.
-    def _frozen_variable_ids(self) -> set[int]:
-        # Both None until _attach has run (keras.Model.__init__ reads weights).
-        step = getattr(self, "_step", None)
-        networks = getattr(self, "_role_models", None)
-        if step is None or not step.frozen_roles or networks is None:
-            return set()
-        return {id(v) for role in step.frozen_roles for v in networks[role].variables}
-
-    # Without frozen roles these are Keras's own lists, untouched: steps read
-    # them inside compiled train steps. keras.Model's properties are called
-    # directly, not through super(): dynamo (torch 2.13) fails to resume a
-    # frame after a graph break once it has traced a super() property call,
-    # and then ran Keras's whole train step eagerly.
-    @property
-    def trainable_weights(self):
-        weights = keras.Model.trainable_weights.fget(self)
-        frozen = self._frozen_variable_ids()
-        return [v for v in weights if id(v) not in frozen] if frozen else weights
-
-    @property
-    def trainable_variables(self):
-        variables = keras.Model.trainable_variables.fget(self)
-        frozen = self._frozen_variable_ids()
-        return [v for v in variables if id(v) not in frozen] if frozen else variables
-
-    @property
-    def non_trainable_weights(self):
-        if not self._frozen_variable_ids():
-            return keras.Model.non_trainable_weights.fget(self)
-        trainable = {id(v) for v in self.trainable_weights}
-        return [v for v in self.weights if id(v) not in trainable]
-
-    @property
-    def non_trainable_variables(self):
-        if not self._frozen_variable_ids():
-            return keras.Model.non_trainable_variables.fget(self)
-        trainable = {id(v) for v in self.trainable_variables}
-        return [v for v in self.variables if id(v) not in trainable]
-
     # -- saving --------------------------------------------------------------
     @_private.default_config  # keeps Keras's automatic config for subclasses
     def get_config(self):
@@ -603,6 +560,50 @@ class _CallsRoleModels(keras.Model):
             return self._call_hook(self, inputs, training, self._step_options)
         (network,) = self._role_models.values()
         return network(inputs, training=training)
+
+    # -- frozen roles (step_frozen_roles) -------------------------------------
+    # The networks of frozen roles stay out of the trainable weights of this
+    # model only: their variables' own flags, which the user's network shares,
+    # are left alone, so the network trains as before in any other model.
+    def _frozen_variable_ids(self) -> set[int]:
+        # Both None until _attach has run (keras.Model.__init__ reads weights).
+        step = getattr(self, "_step", None)
+        networks = getattr(self, "_role_models", None)
+        if step is None or not step.frozen_roles or networks is None:
+            return set()
+        return {id(v) for role in step.frozen_roles for v in networks[role].variables}
+
+    # Only StepModel(models=...) has roles to freeze, so the functional and
+    # subclassed forms keep Keras's own properties: Keras's train step reads
+    # them inside compiled steps, where these cost a graph break. keras.Model's
+    # are called directly, not through super(): dynamo (torch 2.13) failed to
+    # resume a frame after tracing a super() property call, and then ran the
+    # whole train step eagerly.
+    @property
+    def trainable_weights(self):
+        weights = keras.Model.trainable_weights.fget(self)
+        frozen = self._frozen_variable_ids()
+        return [v for v in weights if id(v) not in frozen] if frozen else weights
+
+    @property
+    def trainable_variables(self):
+        variables = keras.Model.trainable_variables.fget(self)
+        frozen = self._frozen_variable_ids()
+        return [v for v in variables if id(v) not in frozen] if frozen else variables
+
+    @property
+    def non_trainable_weights(self):
+        if not self._frozen_variable_ids():
+            return keras.Model.non_trainable_weights.fget(self)
+        trainable = {id(v) for v in self.trainable_weights}
+        return [v for v in self.weights if id(v) not in trainable]
+
+    @property
+    def non_trainable_variables(self):
+        if not self._frozen_variable_ids():
+            return keras.Model.non_trainable_variables.fget(self)
+        trainable = {id(v) for v in self.trainable_variables}
+        return [v for v in self.variables if id(v) not in trainable]
 
 
 _VARIANTS: dict[tuple[type, type], type] = {}
