@@ -10,7 +10,7 @@ the progress bar reads the logs) for N batches. Keras 3.16 runs such a list
 too, but materialises every batch's logs and compiles the whole step method
 with automatic dynamic shapes; ``StepModel`` uses the functions here on every
 Keras version, so fusing and compiling behave the same on all of them
-(docs/distributed.md has the per-version table).
+(the "Distributed training" docs page has the per-version table).
 
 Inside an execution nothing is moved to the host: the step's logs are torch
 tensors and only the last batch's logs leave the function. The other batches'

@@ -3,7 +3,7 @@
 keras-steps supports the Keras versions that ``pyproject.toml`` admits (and
 CI tests: the lowest, the current release and ``keras-nightly``). Keras does
 not keep ``keras.src`` or underscored attributes stable, so nothing else in
-keras-steps touches them (``tests/test_private_api.py`` fails on a
+keras-steps touches them (a test of the project fails on a
 ``keras.src`` import anywhere else). Each use below says in one line why no
 public API does the job; where Keras versions differ, the gate is
 ``KERAS_VERSION``. When a Keras release breaks one of these, this module is
@@ -110,7 +110,7 @@ class TrainerHooks:
 
     The hooks are private methods of Keras's torch ``Trainer``; keras-steps
     decides per Keras version whether Keras's mechanism or its own runs
-    (the table in docs/distributed.md), never both.
+    (the table on the "Distributed training" docs page), never both.
     """
 
     def _initialize_ddp(self):

@@ -107,7 +107,8 @@ def refuse_keras_distribution(method: str) -> None:
         f"Keras distribution ({type(active).__name__}, set with "
         "keras.distribution.set_distribution) under torchrun. StepModel already shards the "
         "data, averages gradients and reduces metrics over ranks itself; with both, data "
-        "would be sharded twice. Remove the set_distribution call (see docs/distributed.md)."
+        "would be sharded twice. Remove the set_distribution call (see the "
+        "'Distributed training' docs page)."
     )
 
 

@@ -45,7 +45,7 @@ def overlap_requested() -> bool:
     """Whether ``KERAS_STEPS_OVERLAP_GRADIENTS`` asks for the overlapped all-reduce.
 
     Off by default: on CPU with gloo it measured no faster than one
-    all-reduce after the backward pass (``docs/distributed.md``).
+    all-reduce after the backward pass (the "Distributed training" docs page).
 
     Raises:
         DistributedError: the variable is set to anything but ``0`` or ``1``.
