@@ -186,7 +186,12 @@ def _damaged(path: str, size: int, why: str) -> DamagedFileError:
     )
 
 
-def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
+def load_model(
+    filepath: str | os.PathLike,
+    custom_objects: dict[str, Any] | None = None,
+    compile: bool = True,
+    safe_mode: bool = True,
+) -> Any:
     """``keras.models.load_model``, but a damaged file is a clear error.
 
     Args:

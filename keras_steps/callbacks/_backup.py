@@ -63,11 +63,11 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def __init__(
         self,
-        backup_dir,
-        save_freq="epoch",
-        double_checkpoint=False,
-        delete_checkpoint=True,
-    ):
+        backup_dir: str,
+        save_freq: str | int = "epoch",
+        double_checkpoint: bool = False,
+        delete_checkpoint: bool = True,
+    ) -> None:
         missing = _keras_private.check_backup_private()
         if missing:
             raise StepError(
